@@ -1,0 +1,44 @@
+"""Shared fixtures: a random tiny checkpoint in the real layout, real speech, the PyTorch reference."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # nothing in the tests may touch the network
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+LIBRIVOX_DIR = Path("/usr/share/pocketsphinx/test/data/librivox")
+
+
+def librivox_clips() -> dict[str, np.ndarray]:
+    """The 5 LibriVox clips of Debian's pocketsphinx-testdata (24.73 s), plus a 1 s cut and a ~35 s join."""
+    from canary_trt.audio import load_audio
+
+    paths = sorted(LIBRIVOX_DIR.glob("*.wav"))
+    if len(paths) != 5:
+        pytest.fail(f"expected 5 LibriVox clips in {LIBRIVOX_DIR}: install Debian's pocketsphinx-testdata")
+    clips = {p.stem.rsplit("-", 1)[-1]: load_audio(p) for p in paths}
+    clips["1s"] = clips["0880"][:16000]
+    clips["35s"] = np.concatenate([*clips.values(), clips["0870"], clips["0880"]])[: 35 * 16000]
+    return clips
+
+
+@pytest.fixture(scope="session")
+def clips() -> dict[str, np.ndarray]:
+    return librivox_clips()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    from canary_trt.random_checkpoint import write_random_checkpoint
+
+    return write_random_checkpoint(tmp_path_factory.mktemp("tiny"), "tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def reference(tiny_checkpoint):
+    from canary_trt.reference import Reference
+
+    return Reference(tiny_checkpoint)
