@@ -15,7 +15,7 @@ from pathlib import Path
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-# What a Qwen3 directory must provide here; its weights are not needed (the SALM file holds them all).
+# What to fetch for an HF-id pretrained_llm: configs and tokenizer, not the weights (the SALM file holds them).
 LLM_FILES = ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt"]
 
 PERCEPTION = "perception."

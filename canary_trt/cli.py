@@ -81,7 +81,7 @@ def _transcribe(args) -> None:
         print(json.dumps(rows, ensure_ascii=False, indent=2))
     else:
         for row in rows:
-            print(f"{row['audio']}\t{row['text']}")
+            print(f"{row['audio']}\t{' '.join(row['text'].split())}")  # one line per file
 
 
 if __name__ == "__main__":
