@@ -19,13 +19,26 @@ def main(argv: list[str] | None = None) -> int:
     make.add_argument("--seed", type=int, default=0)
     make.set_defaults(run=_make_checkpoint)
 
+    ex = commands.add_parser("export", help="export a checkpoint: ONNX (cpu) or TensorRT + TensorRT-LLM (gpu)")
+    ex.add_argument("--checkpoint", required=True, type=Path, help="directory with config.json + model.safetensors")
+    ex.add_argument("--out", required=True, type=Path, help="build directory")
+    ex.add_argument("--target", choices=("cpu", "gpu"), default="cpu")
+    ex.add_argument("--preset", help="GPU shapes: rtx5090, rtx-pro-6000, l40s, a100, h100 (default h100)")
+    ex.add_argument("--precision", help="cpu: fp32 (default) | int8 (8-bit decoder weights); "
+                    "gpu: fp16 (default) | bf16 (encoder) | fp8 | int8 (LLM weights)")  # fmt: skip
+    ex.add_argument("--dry-run", action="store_true", help="print every step, command and shape; run nothing")
+    ex.set_defaults(run=_export)
+
     tr = commands.add_parser("transcribe", help="transcribe audio files")
     tr.add_argument("audio", nargs="+", type=Path, help="wav/flac/ogg files, any sample rate and channel count")
-    tr.add_argument("--checkpoint", required=True, type=Path, help="directory with config.json + model.safetensors")
-    tr.add_argument("--backend", choices=("torch",), default="torch")
+    tr.add_argument("--backend", choices=("torch", "onnx"), default="torch",
+                    help="torch: the PyTorch reference (--checkpoint); onnx: an exported CPU build (--build)")  # fmt: skip
+    tr.add_argument("--checkpoint", type=Path, help="directory with config.json + model.safetensors")
+    tr.add_argument("--build", type=Path, help="directory written by `canary-trt export --target cpu`")
     tr.add_argument("--batch-size", type=int, default=8)
     tr.add_argument("--max-new-tokens", type=int, default=128)
     tr.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="torch backend precision")
+    tr.add_argument("--threads", type=int, help="onnx backend: ONNX Runtime threads (default: one per core)")
     tr.add_argument("--prompt", default=None, help='user instruction (default "Transcribe the following:")')
     tr.add_argument("--json", action="store_true", help="print a JSON list, one object per input")
     tr.set_defaults(run=_transcribe)
@@ -48,23 +61,41 @@ def _make_checkpoint(args) -> None:
     print("random weights: transcripts from it are meaningless text, but every backend must agree token by token")
 
 
+def _export(args) -> None:
+    from .export.build import export
+
+    export(args.checkpoint, args.out, args.target, args.precision, args.preset, args.dry_run)
+    if not args.dry_run:
+        print(f"build written to {args.out.resolve()}")
+
+
+def _open_backend(args):
+    if args.backend == "torch":
+        from .checkpoint import Checkpoint
+        from .reference import Reference
+
+        return Reference(Checkpoint.open(args.checkpoint), dtype=args.dtype)
+    from .onnx_pipeline import OnnxPipeline
+
+    return OnnxPipeline(args.build, threads=args.threads)
+
+
 def _transcribe(args) -> None:
     from .audio import load_audio
-    from .checkpoint import Checkpoint
     from .tokenizer import DEFAULT_INSTRUCTION
+    from .transcribe import transcribe
 
     if args.batch_size < 1 or args.max_new_tokens < 1:
         raise ValueError("--batch-size and --max-new-tokens must be at least 1")
-    checkpoint = Checkpoint.open(args.checkpoint)
+    if args.backend == "torch" and not args.checkpoint:
+        raise ValueError("--backend torch needs --checkpoint DIR")
+    if args.backend == "onnx" and not args.build:
+        raise ValueError("--backend onnx needs --build DIR (written by `canary-trt export --target cpu`)")
     waveforms = [load_audio(path) for path in args.audio]
-    from .reference import Reference
-
     start = time.perf_counter()
-    model = Reference(checkpoint, dtype=args.dtype)
+    backend = _open_backend(args)
     loaded = time.perf_counter()
-    results = model.transcribe(
-        waveforms, args.batch_size, args.max_new_tokens, args.prompt or DEFAULT_INSTRUCTION
-    )
+    results = transcribe(backend, waveforms, args.batch_size, args.max_new_tokens, args.prompt or DEFAULT_INSTRUCTION)
     done = time.perf_counter()
     rows = [
         {"audio": str(path), "text": r.text, "token_ids": r.token_ids, "audio_seconds": round(r.audio_seconds, 3)}
@@ -73,7 +104,7 @@ def _transcribe(args) -> None:
     audio_seconds = sum(r.audio_seconds for r in results)
     print(
         f"{len(rows)} clips, {audio_seconds:.2f} s of audio | model load {loaded - start:.1f} s | "
-        f"transcription {done - loaded:.2f} s | RTFx {audio_seconds / (done - loaded):.2f} ({args.backend}, {args.dtype}, "
+        f"transcription {done - loaded:.2f} s | RTFx {audio_seconds / (done - loaded):.2f} ({args.backend} backend, "
         f"batch {args.batch_size})",
         file=sys.stderr,
     )

@@ -9,24 +9,14 @@ fresh GenerationConfig (Qwen3's sampling defaults are not applied), exactly as `
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
-from .audio import duration
 from .checkpoint import Checkpoint, merged_llm_weights, perception_weights
-from .tokenizer import DEFAULT_INSTRUCTION, asr_prompt_ids, decode, eos_id, load_tokenizer, pad_id, placeholder_id
+from .tokenizer import eos_id, load_tokenizer, pad_id, placeholder_id
+from .transcribe import MAX_NEW_TOKENS
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-MAX_NEW_TOKENS = 128
-
-
-@dataclass
-class Transcript:
-    text: str
-    token_ids: list[int]  # generated ids, without the end-of-turn token
-    audio_seconds: float
 
 
 class Reference:
@@ -72,7 +62,6 @@ class Reference:
         self, embeddings: list[torch.Tensor], prompt_ids: list[int], max_new_tokens: int = MAX_NEW_TOKENS
     ) -> list[list[int]]:
         """Greedy token ids for each clip's audio embeddings spliced into `prompt_ids`."""
-        from transformers import GenerationConfig
         from nemo.collections.speechlm2.models.salm import replace_placeholders_and_build_targets
 
         tokens = torch.tensor([prompt_ids] * len(embeddings))
@@ -81,27 +70,20 @@ class Reference:
             input_ids=tokens, embeds=text, padding_id=self.pad_id, placeholder_id=self.placeholder_id,
             replacements=embeddings, target_ids=None,
         )  # fmt: skip
-        config = GenerationConfig(
-            bos_token_id=None, eos_token_id=self.eos_id, pad_token_id=self.pad_id,
-            do_sample=False, num_beams=1, max_new_tokens=max_new_tokens,
-        )  # fmt: skip
+        config = greedy_generation_config(self.tokenizer, max_new_tokens)
         out = self.llm.generate(inputs_embeds=inputs, attention_mask=mask, generation_config=config)
         return [_until(row.tolist(), self.eos_id) for row in out]
 
-    def transcribe(
-        self,
-        waveforms: list[np.ndarray],
-        batch_size: int = 8,
-        max_new_tokens: int = MAX_NEW_TOKENS,
-        instruction: str = DEFAULT_INSTRUCTION,
-    ) -> list[Transcript]:
-        prompt = asr_prompt_ids(self.tokenizer, instruction)
-        results = []
-        for start in range(0, len(waveforms), batch_size):
-            chunk = waveforms[start : start + batch_size]
-            for wav, ids in zip(chunk, self.generate(self.embed_audio(chunk), prompt, max_new_tokens)):
-                results.append(Transcript(decode(self.tokenizer, ids), ids, duration(wav)))
-        return results
+
+def greedy_generation_config(tokenizer, max_new_tokens: int = MAX_NEW_TOKENS):
+    """NeMo's fresh GenerationConfig (SALM.generate): greedy, stop at <|im_end|>; Qwen3's own sampling
+    defaults in generation_config.json are never applied."""
+    from transformers import GenerationConfig
+
+    return GenerationConfig(
+        bos_token_id=None, eos_token_id=eos_id(tokenizer), pad_token_id=pad_id(tokenizer),
+        do_sample=False, num_beams=1, max_new_tokens=max_new_tokens,
+    )  # fmt: skip
 
 
 def _until(ids: list[int], eos_id: int) -> list[int]:

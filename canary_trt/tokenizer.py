@@ -8,6 +8,7 @@ the Hugging Face Hub is needed to build or test the deployment.
 from __future__ import annotations
 
 import importlib.util
+import shutil
 from pathlib import Path
 from typing import Sequence
 
@@ -99,6 +100,19 @@ def write_qwen3_tokenizer(out_dir: Path) -> None:
         clean_up_tokenization_spaces=False,
     )
     tokenizer.save_pretrained(out_dir)
+
+
+# Every tokenizer file a Hugging Face Qwen3 directory may carry.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
+                   "special_tokens_map.json", "added_tokens.json", "chat_template.jinja")  # fmt: skip
+
+
+def copy_tokenizer_files(src: Path, dst: Path) -> None:
+    """The tokenizer of an LLM directory, so that a build or a merged checkpoint is self-contained."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in TOKENIZER_FILES:
+        if (src / name).is_file():
+            shutil.copyfile(src / name, dst / name)
 
 
 def load_tokenizer(llm_dir: str | Path) -> PreTrainedTokenizerBase:

@@ -13,7 +13,7 @@ LIBRIVOX_DIR = Path("/usr/share/pocketsphinx/test/data/librivox")
 
 
 def librivox_clips() -> dict[str, np.ndarray]:
-    """The 5 LibriVox clips of Debian's pocketsphinx-testdata (24.73 s), plus a 1 s cut and a ~35 s join."""
+    """The 5 LibriVox clips of Debian's pocketsphinx-testdata (24.73 s), plus a 1 s cut, a 10 s and a ~35 s join."""
     from canary_trt.audio import load_audio
 
     paths = sorted(LIBRIVOX_DIR.glob("*.wav"))
@@ -21,6 +21,7 @@ def librivox_clips() -> dict[str, np.ndarray]:
         pytest.fail(f"expected 5 LibriVox clips in {LIBRIVOX_DIR}: install Debian's pocketsphinx-testdata")
     clips = {p.stem.rsplit("-", 1)[-1]: load_audio(p) for p in paths}
     clips["1s"] = clips["0880"][:16000]
+    clips["10s"] = np.concatenate([clips["0870"], clips["0880"]])[: 10 * 16000]
     clips["35s"] = np.concatenate([*clips.values(), clips["0870"], clips["0880"]])[: 35 * 16000]
     return clips
 
@@ -42,3 +43,13 @@ def reference(tiny_checkpoint):
     from canary_trt.reference import Reference
 
     return Reference(tiny_checkpoint)
+
+
+@pytest.fixture(scope="session")
+def cpu_build(tiny_checkpoint, tmp_path_factory):
+    """`canary-trt export --target cpu --precision int8` of the tiny checkpoint (fp32 and int8 decoders)."""
+    from canary_trt.export.build import export
+
+    out = tmp_path_factory.mktemp("build-cpu")
+    export(tiny_checkpoint.path, out, target="cpu", precision="int8", log=lambda line: None)
+    return out

@@ -2,33 +2,28 @@
 
 import torch
 
+from canary_trt.export.presets import audio_rows
 from canary_trt.tokenizer import asr_prompt_ids
+from canary_trt.transcribe import transcribe
 
 MAX_NEW = 24
 ORDER = ["1s", "0880", "0930", "0890", "0920", "0870", "35s"]  # 1 s .. ~35 s
 
 
-def _expected_embedding_length(samples: int) -> int:
-    """MODEL.md: L = floor(N / 160) mel frames, then floor((L + 2 - 3) / 2) + 1 three times."""
-    length = samples // 160
-    for _ in range(3):
-        length = (length + 2 - 3) // 2 + 1
-    return length
-
-
 def test_embedding_lengths_follow_the_formulas(reference, clips):
+    """MODEL.md: L = floor(N / 160) mel frames, then floor((L + 2 - 3) / 2) + 1 three times."""
     waveforms = [clips[name] for name in ORDER]
     embeddings = reference.embed_audio(waveforms)
     for name, wav, emb in zip(ORDER, waveforms, embeddings):
-        assert emb.shape == (_expected_embedding_length(len(wav)), 128), name
+        assert emb.shape == (audio_rows(len(wav)), 128), name
     assert embeddings[0].shape[0] == 13 and embeddings[-1].shape[0] > 430  # 1 s -> 13, ~35 s -> ~435
 
 
 def test_batch_equals_one_clip_at_a_time(reference, clips):
     waveforms = [clips[name] for name in ORDER]
-    batched = reference.transcribe(waveforms, batch_size=len(waveforms), max_new_tokens=MAX_NEW)
+    batched = transcribe(reference, waveforms, batch_size=len(waveforms), max_new_tokens=MAX_NEW)
     for name, wav, together in zip(ORDER, waveforms, batched):
-        (alone,) = reference.transcribe([wav], batch_size=1, max_new_tokens=MAX_NEW)
+        (alone,) = transcribe(reference, [wav], batch_size=1, max_new_tokens=MAX_NEW)
         assert alone.token_ids == together.token_ids, name
         assert alone.text == together.text
     # random weights, yet the audio drives the output: clips do not all produce the same tokens
@@ -67,5 +62,5 @@ def test_same_tokens_as_nemo_salm(reference, tiny_checkpoint, clips, monkeypatch
 def test_bf16_runs(tiny_checkpoint, clips):
     from canary_trt.reference import Reference
 
-    (result,) = Reference(tiny_checkpoint, dtype="bf16").transcribe([clips["0880"]], max_new_tokens=8)
+    (result,) = transcribe(Reference(tiny_checkpoint, dtype="bf16"), [clips["0880"]], max_new_tokens=8)
     assert len(result.token_ids) == 8 and result.audio_seconds == 2.99

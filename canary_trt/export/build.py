@@ -1,0 +1,137 @@
+"""`canary-trt export`: a build is a list of steps, printed by --dry-run and run in order otherwise.
+
+BUILD/ after a CPU build: encoder.onnx, decoder.onnx (+ decoder_int8.onnx with --precision int8),
+embed_tokens.npy, tokenizer/ and export.json (what the runtime needs to know). A GPU build adds
+encoder.plan (trtexec), hf_llm/ (the merged HF Qwen3 checkpoint), trtllm_checkpoint/ and trtllm_engine/.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import shlex
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..checkpoint import Checkpoint
+from ..manifest import write_manifest
+from ..tokenizer import copy_tokenizer_files
+from . import decoder_onnx, encoder_onnx
+
+TOKENIZER_DIR = "tokenizer"
+# --precision per target: int8 means 8-bit LLM weights on both (CPU: MatMulNBits; GPU: W8A16).
+PRECISIONS = {"cpu": ("fp32", "int8"), "gpu": ("fp16", "bf16", "fp8", "int8")}
+GPU_PRECISION = {  # --precision -> preset fields
+    "fp16": {"encoder_precision": "fp16", "llm_quantization": "none"},
+    "bf16": {"encoder_precision": "bf16", "llm_quantization": "none"},
+    "fp8": {"encoder_precision": "fp16", "llm_quantization": "fp8"},
+    "int8": {"encoder_precision": "fp16", "llm_quantization": "int8_wo"},
+}
+DEFAULT_PRESET = "h100"
+
+
+@dataclass
+class Step:
+    title: str
+    detail: str  # shapes and sizes, for the dry run
+    command: Callable[[], list[str]] | None = None  # an external tool; resolved late, once its inputs exist
+    action: Callable[[], object] | None = None  # in-process Python
+
+
+def plan(checkpoint: Checkpoint, out: Path, target: str, precision: str | None, preset_name: str | None) -> list[Step]:
+    if target not in PRECISIONS:
+        raise ValueError(f"unknown target {target!r}; choose cpu or gpu")
+    precision = precision or PRECISIONS[target][0]
+    if precision not in PRECISIONS[target]:
+        raise ValueError(f"--precision {precision!r} is not available for --target {target}; "
+                         f"choose one of {', '.join(PRECISIONS[target])}")  # fmt: skip
+    if target == "cpu" and preset_name:
+        raise ValueError("--preset selects GPU shapes; it does not apply to --target cpu")
+    weights = functools.cache(checkpoint.read_weights)  # read the 5 GB file once, only when a step needs it
+    llm, hidden = checkpoint.llm_config, checkpoint.llm_config["hidden_size"]
+    encoder_detail = f"WAV f32 [B, samples] + WAV_LENS i32 [B] -> audio_embeddings f32 [B, T', {hidden}] + audio_lengths i32 [B]"
+    steps = [Step("encoder ONNX", encoder_detail, action=lambda: encoder_onnx.export_encoder_onnx(checkpoint, out, weights()))]
+    manifest = {"target": target, "precision": precision, "checkpoint": str(checkpoint.path),
+                "vocab_size": llm["vocab_size"], "hidden_size": hidden, "encoder": encoder_onnx.FILE,
+                "tokenizer": TOKENIZER_DIR}  # fmt: skip
+
+    if target == "cpu":
+        layers, kv_heads, head_dim = llm["num_hidden_layers"], llm["num_key_value_heads"], llm.get("head_dim") or hidden // llm["num_attention_heads"]
+        steps.append(Step(
+            "decoder ONNX (Qwen3, LoRA merged, explicit KV cache) + embed_tokens.npy",
+            f"inputs_embeds f32 [B, S, {hidden}] + attention_mask i64 [B, P+S] + position_ids i64 [B, S] + "
+            f"{layers} x past key/value f32 [B, {kv_heads}, P, {head_dim}] -> logits f32 [B, {llm['vocab_size']}] + present",
+            action=lambda: decoder_onnx.export_decoder_onnx(checkpoint, out, weights()),
+        ))  # fmt: skip
+        manifest.update(decoder=decoder_onnx.ONNX_NAME, embeddings=decoder_onnx.EMBEDDINGS_NAME)
+        if precision == "int8":
+            from .quantize import quantize_decoder_int8
+
+            steps.append(Step("decoder int8 weights (MatMulNBits, 8 bit, block 128, int8 compute)", "decoder_int8.onnx",
+                              action=lambda: quantize_decoder_int8(out / decoder_onnx.ONNX_NAME, out / "decoder_int8.onnx")))  # fmt: skip
+            manifest["decoder"] = "decoder_int8.onnx"
+    else:
+        steps += _gpu_steps(checkpoint, out, precision, preset_name or DEFAULT_PRESET, weights, manifest)
+
+    steps.append(Step("tokenizer", f"{checkpoint.llm_path} -> {TOKENIZER_DIR}/",
+                      action=lambda: copy_tokenizer_files(checkpoint.llm_path, out / TOKENIZER_DIR)))  # fmt: skip
+    steps.append(Step("manifest", json.dumps(manifest), action=lambda: write_manifest(out, manifest)))
+    return steps
+
+
+def _gpu_steps(checkpoint, out, precision, preset_name, weights, manifest) -> list[Step]:
+    from . import hf_checkpoint, tensorrt, trtllm
+    from .presets import get_preset
+
+    preset = get_preset(preset_name, **GPU_PRECISION[precision])
+    onnx_path, engine = out / encoder_onnx.FILE, out / tensorrt.ENGINE
+    hf_dir, ckpt_dir, engine_dir = out / "hf_llm", out / "trtllm_checkpoint", out / "trtllm_engine"
+    shapes = ", ".join(f"{name} min/opt/max {list(s)}" for name, s in preset.encoder_shapes().items())
+    manifest.update(preset=preset.name, encoder_engine=tensorrt.ENGINE, llm_engine=engine_dir.name,
+                    max_batch_size=preset.llm_max_batch, encoder_max_batch_size=preset.encoder_max_batch,
+                    max_audio_seconds=preset.max_audio_seconds, audio_rows=preset.audio_rows,
+                    kv_cache_free_gpu_mem_fraction=preset.kv_cache_free_gpu_mem_fraction)  # fmt: skip
+    return [
+        Step(f"encoder TensorRT engine ({preset.encoder_precision}; front end, LayerNorm, Softmax in FP32)", shapes,
+             command=lambda: tensorrt.trtexec_command(onnx_path, engine, preset, out / "timing.cache")),
+        Step("merged HF Qwen3 checkpoint (float16, explicit lm_head)", str(hf_dir),
+             action=lambda: hf_checkpoint.write_merged_hf_checkpoint(checkpoint, hf_dir, "float16", weights())),
+        Step(f"TensorRT-LLM checkpoint (quantization: {preset.llm_quantization})", str(ckpt_dir),
+             command=lambda: trtllm.convert_command(hf_dir, ckpt_dir, preset)),
+        Step("TensorRT-LLM engine", f"max_batch_size {preset.llm_max_batch}, max_input_len {preset.max_input_len}, "
+             f"max_seq_len {preset.max_seq_len}, max_prompt_embedding_table_size {preset.max_prompt_embedding_table_size} "
+             f"({preset.audio_rows} audio rows x {preset.llm_max_batch})",
+             command=lambda: trtllm.build_command(ckpt_dir, engine_dir, preset)),
+    ]  # fmt: skip
+
+
+def export(checkpoint_dir, out, target: str = "cpu", precision: str | None = None, preset: str | None = None,
+           dry_run: bool = False, log=print) -> list[Step]:  # fmt: skip
+    checkpoint = Checkpoint.open(checkpoint_dir)
+    out = Path(out).resolve()
+    steps = plan(checkpoint, out, target, precision, preset)
+    if target == "gpu" and not dry_run:
+        from .presets import require_gpu_stack
+
+        require_gpu_stack()  # fail at once, not after minutes of ONNX export
+    for number, step in enumerate(steps, 1):
+        log(f"[{number}/{len(steps)}] {step.title}\n      {step.detail}")
+        command = step.command() if step.command else None  # after the steps before it have run
+        if command:
+            log("      $ " + shlex.join(command))
+        if dry_run:
+            continue
+        out.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        if command:
+            subprocess.run(command, check=True)
+        else:
+            step.action()
+        log(f"      done in {time.perf_counter() - start:.1f} s")
+    if not dry_run:
+        for path in out.rglob("*"):  # exporters write some files 0600; the serving user must read them all
+            path.chmod(0o755 if path.is_dir() else 0o644)
+    return steps

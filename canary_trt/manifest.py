@@ -1,0 +1,22 @@
+"""BUILD/export.json: what `canary-trt export` produced and what a runtime needs to know about it.
+
+Torch-free: ONNX Runtime backends and Triton python models read it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+MANIFEST = "export.json"
+
+
+def write_manifest(build: Path, manifest: dict) -> None:
+    (Path(build) / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+
+
+def read_manifest(build: Path) -> dict:
+    path = Path(build) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run `canary-trt export --checkpoint DIR --out {build}` first")
+    return json.loads(path.read_text(encoding="utf-8"))

@@ -1,0 +1,45 @@
+"""The exported CPU build run directly in ONNX Runtime, without a server: encoder.onnx, then the fake-id
+splice and batched greedy decoding that the Triton CPU flavour serves (decoding.py). Torch-free."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from .decoding import GreedyDecoder, Request, splice_fake_ids
+from .manifest import read_manifest
+from .tokenizer import eos_id, load_tokenizer, placeholder_id
+from .transcribe import MAX_NEW_TOKENS
+
+
+class OnnxPipeline:
+    def __init__(self, build: str | Path, threads: int | None = None):
+        build = Path(build)
+        manifest = read_manifest(build)
+        if manifest["target"] != "cpu":
+            raise ValueError(f"{build} is a {manifest['target']} build; the onnx backend runs CPU builds")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.encoder = ort.InferenceSession(str(build / manifest["encoder"]), options, providers=["CPUExecutionProvider"])
+        self.decoder = GreedyDecoder(build / manifest["decoder"], build / manifest["embeddings"], threads)
+        self.tokenizer = load_tokenizer(build / manifest["tokenizer"])
+        self.placeholder_id, self.eos_id = placeholder_id(self.tokenizer), eos_id(self.tokenizer)
+        self.vocab_size = manifest["vocab_size"]
+
+    def embed_audio(self, waveforms: list[np.ndarray]) -> list[np.ndarray]:
+        lengths = np.array([len(w) for w in waveforms], dtype=np.int32)
+        batch = np.zeros((len(waveforms), lengths.max()), dtype=np.float32)
+        for i, w in enumerate(waveforms):
+            batch[i, : len(w)] = w
+        embeddings, rows = self.encoder.run(None, {"WAV": batch, "WAV_LENS": lengths})
+        return [e[:n] for e, n in zip(embeddings, rows)]
+
+    def generate(self, embeddings: list[np.ndarray], prompt_ids: list[int], max_new_tokens: int = MAX_NEW_TOKENS) -> list[list[int]]:
+        requests = [
+            Request(splice_fake_ids(prompt_ids, self.placeholder_id, len(e), self.vocab_size), e, max_new_tokens, self.eos_id)
+            for e in embeddings
+        ]
+        return self.decoder.generate(requests)

@@ -1,0 +1,40 @@
+"""Batched transcription on top of any backend that can embed audio and generate from embeddings.
+
+A backend (the PyTorch reference, the ONNX Runtime pipeline) provides
+`embed_audio(waveforms) -> list of [T'_i, H] arrays`, `generate(embeddings, prompt_ids, max_new_tokens)
+-> list of token-id lists` and `tokenizer`; the prompt, batching and decoding to text live here once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .audio import duration
+from .tokenizer import DEFAULT_INSTRUCTION, asr_prompt_ids, decode
+
+MAX_NEW_TOKENS = 128
+
+
+@dataclass
+class Transcript:
+    text: str
+    token_ids: list[int]  # generated ids, without the end-of-turn token
+    audio_seconds: float
+
+
+def transcribe(
+    backend,
+    waveforms: list[np.ndarray],
+    batch_size: int = 8,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    instruction: str = DEFAULT_INSTRUCTION,
+) -> list[Transcript]:
+    prompt = asr_prompt_ids(backend.tokenizer, instruction)
+    results = []
+    for start in range(0, len(waveforms), batch_size):
+        chunk = waveforms[start : start + batch_size]
+        for wav, ids in zip(chunk, backend.generate(backend.embed_audio(chunk), prompt, max_new_tokens)):
+            results.append(Transcript(decode(backend.tokenizer, ids), ids, duration(wav)))
+    return results

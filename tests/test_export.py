@@ -1,0 +1,132 @@
+"""`canary-trt export`: the CPU build end to end, the GPU dry run for every preset, clear errors, and the
+onnx backend of `canary-trt transcribe` token-exact with the PyTorch reference."""
+
+import json
+import shutil
+import time
+
+import pytest
+
+from canary_trt.cli import main
+from canary_trt.export.presets import PRESETS, get_preset
+from canary_trt.manifest import read_manifest
+
+CLIP_SETS = {"1s": ["1s"], "10s": ["10s"], "35s": ["35s"], "mixed batch": ["0880", "35s", "1s", "0870", "10s"]}
+
+
+def test_cpu_build_contents(cpu_build):
+    manifest = read_manifest(cpu_build)
+    assert manifest["target"] == "cpu" and manifest["precision"] == "int8" and manifest["decoder"] == "decoder_int8.onnx"
+    for name in ("encoder.onnx", "encoder.onnx.data", "decoder.onnx", "decoder.onnx.data", "decoder_int8.onnx",
+                 "embed_tokens.npy", "tokenizer/tokenizer.json", "tokenizer/tokenizer_config.json"):  # fmt: skip
+        assert (cpu_build / name).is_file(), name
+    assert all(p.stat().st_mode & 0o044 == 0o044 for p in cpu_build.rglob("*") if p.is_file())  # readable by Triton
+
+
+def _as_fp32(cpu_build, tmp_path):
+    """The same build with its manifest pointing at the exact fp32 decoder."""
+    build = tmp_path / "fp32"
+    build.mkdir()
+    for path in cpu_build.iterdir():
+        (build / path.name).symlink_to(path)
+    (build / "export.json").unlink()
+    manifest = {**read_manifest(cpu_build), "decoder": "decoder.onnx", "precision": "fp32"}
+    (build / "export.json").write_text(json.dumps(manifest))
+    return build
+
+
+def _write_wavs(clips, names, tmp_path):
+    import soundfile as sf
+
+    paths = []
+    for name in names:
+        paths.append(tmp_path / f"{name}.wav")
+        sf.write(paths[-1], clips[name], 16000, subtype="FLOAT")
+    return [str(p) for p in paths]
+
+
+def _json(capsys, argv):
+    assert main(argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("case", CLIP_SETS)
+def test_onnx_backend_is_token_exact_with_torch(case, capsys, cpu_build, tiny_checkpoint, reference, clips, tmp_path):
+    wavs = _write_wavs(clips, CLIP_SETS[case], tmp_path)
+    common = ["transcribe", "--json", "--max-new-tokens", "24", "--batch-size", "5", *wavs]
+    onnx_rows = _json(capsys, [*common, "--backend", "onnx", "--build", str(_as_fp32(cpu_build, tmp_path))])
+    torch_rows = _json(capsys, [*common, "--backend", "torch", "--checkpoint", str(tiny_checkpoint.path)])
+    assert onnx_rows == torch_rows
+
+
+def test_int8_build_transcribes(capsys, cpu_build, clips, tmp_path):
+    rows = _json(capsys, ["transcribe", "--json", "--max-new-tokens", "8", "--backend", "onnx", "--build", str(cpu_build),
+                          *_write_wavs(clips, ["0880", "1s"], tmp_path)])  # fmt: skip
+    assert [len(r["token_ids"]) for r in rows] == [8, 8]
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_gpu_dry_run_prints_every_command(preset, capsys, tiny_checkpoint, tmp_path):
+    out = tmp_path / "gpu"
+    assert main(["export", "--checkpoint", str(tiny_checkpoint.path), "--out", str(out), "--target", "gpu",
+                 "--preset", preset, "--dry-run"]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    p = get_preset(preset)
+    assert "$ trtexec --onnx=" + str(out / "encoder.onnx") in printed
+    assert f"--maxShapes=WAV:{p.encoder_max_batch}x{p.max_samples},WAV_LENS:{p.encoder_max_batch}" in printed
+    assert "/frontend/*:fp32" in printed and "--fp16" in printed
+    assert "-m canary_trt.export.trtllm --hf-dir " + str(out / "hf_llm") in printed
+    assert f"--max_prompt_embedding_table_size {p.audio_rows * p.llm_max_batch}" in printed
+    assert f"--max_seq_len {p.max_input_len + 128}" in printed
+    assert "WAV f32 [B, samples]" in printed and "audio_embeddings f32 [B, T', 128]" in printed
+    assert not out.exists()  # a dry run writes nothing
+
+
+def test_cpu_dry_run_and_precisions(capsys, tiny_checkpoint, tmp_path):
+    assert main(["export", "--checkpoint", str(tiny_checkpoint.path), "--out", str(tmp_path / "b"), "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "encoder ONNX" in printed and "decoder ONNX" in printed and "int8" not in printed
+    assert main(["export", "--checkpoint", str(tiny_checkpoint.path), "--out", str(tmp_path / "b"), "--target", "gpu",
+                 "--precision", "bf16", "--preset", "a100", "--dry-run"]) == 0  # fmt: skip
+    assert "--bf16" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--target", "gpu", "--preset", "rtx4090"], "unknown GPU preset 'rtx4090'; known presets: rtx5090, rtx-pro-6000"),
+        (["--target", "gpu", "--preset", "a100", "--precision", "fp8"], "fp8 needs compute capability >= 8.9"),
+        (["--target", "cpu", "--precision", "fp16"], "--precision 'fp16' is not available for --target cpu"),
+        (["--target", "cpu", "--preset", "h100"], "--preset selects GPU shapes"),
+    ],
+)
+def test_bad_options_are_clear_errors(extra, message, capsys, tiny_checkpoint, tmp_path):
+    assert main(["export", "--checkpoint", str(tiny_checkpoint.path), "--out", str(tmp_path), "--dry-run", *extra]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_checkpoint_is_a_clear_error(capsys, tmp_path):
+    assert main(["export", "--checkpoint", str(tmp_path / "nope"), "--out", str(tmp_path / "b")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_gpu_build_without_tensorrt_fails_at_once(capsys, tiny_checkpoint, tmp_path):
+    start = time.perf_counter()
+    assert main(["export", "--checkpoint", str(tiny_checkpoint.path), "--out", str(tmp_path / "gpu"), "--target", "gpu"]) == 2
+    assert time.perf_counter() - start < 10
+    err = capsys.readouterr().err
+    assert "`trtexec` (not on PATH) not found" in err and "nvcr.io/nvidia/tritonserver:" in err
+    assert not (tmp_path / "gpu").exists()
+
+
+def test_onnx_backend_errors(capsys, clips, tmp_path, cpu_build):
+    wav = _write_wavs(clips, ["1s"], tmp_path)
+    assert main(["transcribe", "--backend", "onnx", *wav]) == 2
+    assert "--backend onnx needs --build DIR" in capsys.readouterr().err
+    assert main(["transcribe", "--backend", "onnx", "--build", str(tmp_path), *wav]) == 2
+    assert "export.json not found: run `canary-trt export" in capsys.readouterr().err
+    gpu_like = tmp_path / "gpu-build"
+    shutil.copytree(cpu_build, gpu_like)
+    (gpu_like / "export.json").write_text(json.dumps({**read_manifest(cpu_build), "target": "gpu"}))
+    assert main(["transcribe", "--backend", "onnx", "--build", str(gpu_like), *wav]) == 2
+    assert "is a gpu build" in capsys.readouterr().err
