@@ -4,6 +4,8 @@
 #   ./build.sh --demo [--checkpoint D] the main job: transcribe the bundled LibriVox speech
 #                                      (a random tiny checkpoint unless D is a real one)
 #   ./build.sh --test [pytest args]    run the test suite
+#   ./build.sh --checkpoint D --out B [--target cpu|gpu] [--preset P] [--precision X] [--dry-run]
+#                                      export a build (any other arguments go to `canary-trt export`)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -55,5 +57,6 @@ case "${1:---demo}" in
     --setup) setup ;;
     --demo) shift || true; setup; demo "$@" ;;
     --test) shift; setup; export HF_HUB_OFFLINE=1; exec "$PY" -m pytest -q "$@" ;;
-    *) echo "usage: ./build.sh --setup | --demo [--checkpoint DIR] | --test [pytest args]" >&2; exit 2 ;;
+    --help|-h) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//' ;;
+    *) setup; exec "$VENV/bin/canary-trt" export "$@" ;;
 esac

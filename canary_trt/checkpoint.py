@@ -21,6 +21,7 @@ LLM_FILES = ["config.json", "generation_config.json", "tokenizer.json", "tokeniz
 PERCEPTION = "perception."
 LLM_PREFIX = "llm.base_model.model."  # PEFT's wrapping of Qwen3ForCausalLM
 EMBEDDING = "embed_tokens.weight"  # SALM keeps the token embedding outside the LLM
+LLM_KEYS = (LLM_PREFIX, EMBEDDING)  # what the decoder exports read: read_weights(LLM_KEYS)
 
 
 class CheckpointError(ValueError):
@@ -62,15 +63,17 @@ class Checkpoint:
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
         return expected_shapes(self.config, self.llm_config)
 
-    def read_weights(self) -> dict:
-        """All tensors, as stored (bf16), after checking names and shapes against the config."""
+    def read_weights(self, prefixes: tuple[str, ...] = ("",)) -> dict:
+        """The tensors whose names start with one of `prefixes` (default: all), as stored (bf16), after
+        checking every name and shape in the file against the config. Exports read only what they need,
+        so that the full model never sits in memory twice."""
         from safetensors import safe_open
 
         expected = self.expected_shapes()
         with safe_open(self.weights_file, framework="pt") as f:
             found = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
             check_shapes(found, expected, self.weights_file)
-            return {key: f.get_tensor(key) for key in found}
+            return {key: f.get_tensor(key) for key in found if key.startswith(prefixes)}
 
 
 def _read_json(path: Path) -> dict:

@@ -1,13 +1,14 @@
-"""`canary-trt export`: a build is a list of steps, printed by --dry-run and run in order otherwise.
+"""`canary-trt export`: a build is a list of steps, run in order. --dry-run prints every step, command and
+shape and runs only the cheap ones (tokenizer, manifest, model repository configs) for inspection.
 
 BUILD/ after a CPU build: encoder.onnx, decoder.onnx (+ decoder_int8.onnx with --precision int8),
-embed_tokens.npy, tokenizer/ and export.json (what the runtime needs to know). A GPU build adds
-encoder.plan (trtexec), hf_llm/ (the merged HF Qwen3 checkpoint), trtllm_checkpoint/ and trtllm_engine/.
+embed_tokens.npy, tokenizer/, export.json (what the runtime needs to know) and model_repository/.
+A GPU build has encoder.onnx -> encoder.plan (trtexec), hf_llm/ (the merged HF Qwen3 checkpoint),
+trtllm_checkpoint/ and trtllm_engine/ instead of the decoder ONNX files.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import shlex
 import subprocess
@@ -20,6 +21,7 @@ from ..checkpoint import Checkpoint
 from ..manifest import write_manifest
 from ..tokenizer import copy_tokenizer_files
 from . import decoder_onnx, encoder_onnx
+from .repository import REPOSITORY, write_model_repository
 
 TOKENIZER_DIR = "tokenizer"
 # --precision per target: int8 means 8-bit LLM weights on both (CPU: MatMulNBits; GPU: W8A16).
@@ -31,6 +33,7 @@ GPU_PRECISION = {  # --precision -> preset fields
     "int8": {"encoder_precision": "fp16", "llm_quantization": "int8_wo"},
 }
 DEFAULT_PRESET = "h100"
+MODELS = ("encoder", "adapter", "decoder", "detokenizer", "canary_qwen")
 
 
 @dataclass
@@ -39,6 +42,7 @@ class Step:
     detail: str  # shapes and sizes, for the dry run
     command: Callable[[], list[str]] | None = None  # an external tool; resolved late, once its inputs exist
     action: Callable[[], object] | None = None  # in-process Python
+    cheap: bool = False  # writes only small files (configs): runs in a dry run too, so they can be inspected
 
 
 def plan(checkpoint: Checkpoint, out: Path, target: str, precision: str | None, preset_name: str | None) -> list[Step]:
@@ -50,10 +54,9 @@ def plan(checkpoint: Checkpoint, out: Path, target: str, precision: str | None, 
                          f"choose one of {', '.join(PRECISIONS[target])}")  # fmt: skip
     if target == "cpu" and preset_name:
         raise ValueError("--preset selects GPU shapes; it does not apply to --target cpu")
-    weights = functools.cache(checkpoint.read_weights)  # read the 5 GB file once, only when a step needs it
     llm, hidden = checkpoint.llm_config, checkpoint.llm_config["hidden_size"]
     encoder_detail = f"WAV f32 [B, samples] + WAV_LENS i32 [B] -> audio_embeddings f32 [B, T', {hidden}] + audio_lengths i32 [B]"
-    steps = [Step("encoder ONNX", encoder_detail, action=lambda: encoder_onnx.export_encoder_onnx(checkpoint, out, weights()))]
+    steps = [Step("encoder ONNX", encoder_detail, action=lambda: encoder_onnx.export_encoder_onnx(checkpoint, out))]
     manifest = {"target": target, "precision": precision, "checkpoint": str(checkpoint.path),
                 "vocab_size": llm["vocab_size"], "hidden_size": hidden, "encoder": encoder_onnx.FILE,
                 "tokenizer": TOKENIZER_DIR}  # fmt: skip
@@ -64,7 +67,7 @@ def plan(checkpoint: Checkpoint, out: Path, target: str, precision: str | None, 
             "decoder ONNX (Qwen3, LoRA merged, explicit KV cache) + embed_tokens.npy",
             f"inputs_embeds f32 [B, S, {hidden}] + attention_mask i64 [B, P+S] + position_ids i64 [B, S] + "
             f"{layers} x past key/value f32 [B, {kv_heads}, P, {head_dim}] -> logits f32 [B, {llm['vocab_size']}] + present",
-            action=lambda: decoder_onnx.export_decoder_onnx(checkpoint, out, weights()),
+            action=lambda: decoder_onnx.export_decoder_onnx(checkpoint, out),
         ))  # fmt: skip
         manifest.update(decoder=decoder_onnx.ONNX_NAME, embeddings=decoder_onnx.EMBEDDINGS_NAME)
         if precision == "int8":
@@ -74,15 +77,17 @@ def plan(checkpoint: Checkpoint, out: Path, target: str, precision: str | None, 
                               action=lambda: quantize_decoder_int8(out / decoder_onnx.ONNX_NAME, out / "decoder_int8.onnx")))  # fmt: skip
             manifest["decoder"] = "decoder_int8.onnx"
     else:
-        steps += _gpu_steps(checkpoint, out, precision, preset_name or DEFAULT_PRESET, weights, manifest)
+        steps += _gpu_steps(checkpoint, out, precision, preset_name or DEFAULT_PRESET, manifest)
 
     steps.append(Step("tokenizer", f"{checkpoint.llm_path} -> {TOKENIZER_DIR}/",
-                      action=lambda: copy_tokenizer_files(checkpoint.llm_path, out / TOKENIZER_DIR)))  # fmt: skip
-    steps.append(Step("manifest", json.dumps(manifest), action=lambda: write_manifest(out, manifest)))
+                      action=lambda: copy_tokenizer_files(checkpoint.llm_path, out / TOKENIZER_DIR), cheap=True))  # fmt: skip
+    steps.append(Step("manifest", json.dumps(manifest), action=lambda: write_manifest(out, manifest), cheap=True))
+    steps.append(Step(f"Triton model repository ({target} flavour)", f"{out / REPOSITORY}: {', '.join(MODELS)}",
+                      action=lambda: write_model_repository(out, manifest), cheap=True))  # fmt: skip
     return steps
 
 
-def _gpu_steps(checkpoint, out, precision, preset_name, weights, manifest) -> list[Step]:
+def _gpu_steps(checkpoint, out, precision, preset_name, manifest) -> list[Step]:
     from . import hf_checkpoint, tensorrt, trtllm
     from .presets import get_preset
 
@@ -98,7 +103,7 @@ def _gpu_steps(checkpoint, out, precision, preset_name, weights, manifest) -> li
         Step(f"encoder TensorRT engine ({preset.encoder_precision}; front end, LayerNorm, Softmax in FP32)", shapes,
              command=lambda: tensorrt.trtexec_command(onnx_path, engine, preset, out / "timing.cache")),
         Step("merged HF Qwen3 checkpoint (float16, explicit lm_head)", str(hf_dir),
-             action=lambda: hf_checkpoint.write_merged_hf_checkpoint(checkpoint, hf_dir, "float16", weights())),
+             action=lambda: hf_checkpoint.write_merged_hf_checkpoint(checkpoint, hf_dir, "float16")),
         Step(f"TensorRT-LLM checkpoint (quantization: {preset.llm_quantization})", str(ckpt_dir),
              command=lambda: trtllm.convert_command(hf_dir, ckpt_dir, preset)),
         Step("TensorRT-LLM engine", f"max_batch_size {preset.llm_max_batch}, max_input_len {preset.max_input_len}, "
@@ -122,7 +127,7 @@ def export(checkpoint_dir, out, target: str = "cpu", precision: str | None = Non
         command = step.command() if step.command else None  # after the steps before it have run
         if command:
             log("      $ " + shlex.join(command))
-        if dry_run:
+        if dry_run and not step.cheap:
             continue
         out.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
@@ -131,7 +136,7 @@ def export(checkpoint_dir, out, target: str = "cpu", precision: str | None = Non
         else:
             step.action()
         log(f"      done in {time.perf_counter() - start:.1f} s")
-    if not dry_run:
-        for path in out.rglob("*"):  # exporters write some files 0600; the serving user must read them all
+    for path in out.rglob("*"):  # exporters write some files 0600; the serving user must read them all
+        if not path.is_symlink():
             path.chmod(0o755 if path.is_dir() else 0o644)
     return steps

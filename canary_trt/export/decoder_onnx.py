@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from transformers import DynamicCache, Qwen3Config, Qwen3ForCausalLM
 
-from ..checkpoint import Checkpoint, merged_llm_weights
+from ..checkpoint import LLM_KEYS, Checkpoint, merged_llm_weights
 from ..decoding import input_names, output_names
 
 ONNX_NAME = "decoder.onnx"
@@ -41,23 +41,21 @@ class DecoderStep(torch.nn.Module):
         return out.logits[:, -1], *(t for layer in out.cache.layers for t in (layer.keys, layer.values))
 
 
-def load_llm(checkpoint: Checkpoint, weights: dict | None = None):
+def load_llm(checkpoint: Checkpoint):
     """transformers' Qwen3ForCausalLM in fp32 with the LoRA merged."""
-    # When read here, the bf16 tensors are freed right after the merge; the fp32 merge then becomes the
-    # model's parameters as they are (from_pretrained builds on the meta device), so no second fp32 copy.
-    weights = checkpoint.read_weights() if weights is None else weights
-    merged = merged_llm_weights(weights, checkpoint.lora_scale, torch.float32)
-    del weights
+    # The bf16 tensors die with the merge's scope; the fp32 merge then becomes the model's parameters as
+    # they are (from_pretrained builds on the meta device), so there is never a second fp32 copy.
+    merged = merged_llm_weights(checkpoint.read_weights(LLM_KEYS), checkpoint.lora_scale, torch.float32)
     # Eager attention: an additive mask with finite minima keeps fully padded rows finite (no NaN in the cache).
     config = Qwen3Config(**checkpoint.llm_config, attn_implementation="eager")
     llm = Qwen3ForCausalLM.from_pretrained(None, config=config, state_dict=merged, dtype=torch.float32)
     return llm.eval()
 
 
-def export_decoder_onnx(checkpoint: Checkpoint, out_dir, weights: dict | None = None) -> Path:
+def export_decoder_onnx(checkpoint: Checkpoint, out_dir) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    llm = load_llm(checkpoint, weights)
+    llm = load_llm(checkpoint)
     np.save(out_dir / EMBEDDINGS_NAME, llm.get_input_embeddings().weight.detach().numpy())
 
     config = llm.config

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..checkpoint import Checkpoint, perception_weights
+from ..checkpoint import PERCEPTION, Checkpoint, perception_weights
 from ..frontend import LogMelFrontend
 from .onnx_files import onnx_file
 
@@ -44,11 +44,10 @@ class EncoderGraph(nn.Module):
         return self.proj(encoded.transpose(1, 2)), lengths.to(torch.int32)
 
 
-def export_encoder_onnx(checkpoint: Checkpoint, out_dir: Path, weights: dict | None = None) -> Path:
+def export_encoder_onnx(checkpoint: Checkpoint, out_dir: Path) -> Path:
     from nemo.core.classes import typecheck
 
-    weights = checkpoint.read_weights() if weights is None else weights
-    graph = EncoderGraph(checkpoint, weights)
+    graph = EncoderGraph(checkpoint, checkpoint.read_weights((PERCEPTION,)))
     # Two clips of different lengths, so no length-dependent branch is traced as a constant.
     example = (torch.randn(2, 32000) * 0.1, torch.tensor([32000, 20000], dtype=torch.int32))
     typecheck.set_typecheck_enabled(enabled=False)  # NeMo's type checks do not trace

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..checkpoint import Checkpoint, merged_llm_weights
+from ..checkpoint import LLM_KEYS, Checkpoint, merged_llm_weights
 from ..tokenizer import copy_tokenizer_files, load_tokenizer
 
 DTYPES = ("float16", "bfloat16", "float32")  # float32 only for exact parity tests
@@ -21,8 +21,8 @@ def write_merged_hf_checkpoint(checkpoint: Checkpoint, out_dir: str | Path, dtyp
                                weights: dict | None = None) -> Path:  # fmt: skip
     """Write config.json, model.safetensors, generation_config.json and the tokenizer files to out_dir.
 
-    `weights` (the checkpoint's tensors, as `Checkpoint.read_weights` returns them) lets a build read the
-    5 GB file once for all exports. Memory: the source tensors plus ONE merged copy in `dtype`, plus the head.
+    `weights` (the checkpoint's LLM tensors, `Checkpoint.read_weights(LLM_KEYS)`) saves reading them again when
+    writing several variants. Memory: the source tensors plus ONE merged copy in `dtype`, plus the head.
     """
     import torch
     from safetensors.torch import save_file
@@ -33,7 +33,7 @@ def write_merged_hf_checkpoint(checkpoint: Checkpoint, out_dir: str | Path, dtyp
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    state = merged_llm_weights(checkpoint.read_weights() if weights is None else weights,
+    state = merged_llm_weights(checkpoint.read_weights(LLM_KEYS) if weights is None else weights,
                                checkpoint.lora_scale, getattr(torch, dtype))  # fmt: skip
     state["lm_head.weight"] = state["model.embed_tokens.weight"].clone()  # safetensors refuses shared storage
     save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})

@@ -1,0 +1,71 @@
+"""Fill the model_repository/ templates into BUILD/model_repository: the one tool that writes Triton
+configs (in the spirit of tensorrtllm_backend's fill_template, but strict: an unfilled `${name}` is an
+error here, not a broken `data_type` at load time)."""
+
+from __future__ import annotations
+
+import shutil
+import string
+import sys
+from importlib import resources
+from pathlib import Path
+
+LAYERS = {"cpu": ("common", "cpu"), "gpu": ("common", "gpu")}
+DECODER_IO = "common/decoder_io.pbtxt"
+REPOSITORY = "model_repository"
+MAX_NEW_TOKENS_DEFAULT = 128
+# CPU: the decoder works through every request the batcher hands over at once, so a short wait to
+# gather concurrent requests costs little next to seconds of decoding. GPU: in-flight batching needs none.
+QUEUE_DELAY_US = {"cpu": 20_000, "gpu": 1_000}
+CPU_MAX_BATCH = 32
+
+
+def templates() -> Path:
+    return Path(str(resources.files("canary_trt") / "model_repository"))
+
+
+def values_for(manifest: dict, build: Path) -> dict[str, str]:
+    """Every placeholder's value, from the build manifest."""
+    flavour = manifest["target"]
+    values = {
+        "build_dir": str(build.resolve()),
+        "hidden_size": manifest["hidden_size"],
+        "queue_delay_us": QUEUE_DELAY_US[flavour],
+        "max_new_tokens": MAX_NEW_TOKENS_DEFAULT,
+        # CPU: the python stub runs this venv's packages. GPU: the container's own Python (install the
+        # package there), so no environment parameter at all.
+        "python_env": "" if flavour == "gpu" else
+        f'parameters {{ key: "EXECUTION_ENV_PATH" value: {{ string_value: "{sys.prefix}" }} }}',
+        "decoder_io": (templates() / DECODER_IO).read_text(encoding="utf-8"),
+    }  # fmt: skip
+    if flavour == "cpu":
+        values.update(max_batch_size=CPU_MAX_BATCH, encoder_max_batch_size=CPU_MAX_BATCH, threads=0)  # 0: ORT's default
+    else:
+        values.update(max_batch_size=manifest["max_batch_size"], encoder_max_batch_size=manifest["encoder_max_batch_size"],
+                      llm_engine_dir=str((build / manifest["llm_engine"]).resolve()),
+                      kv_cache_free_gpu_mem_fraction=manifest["kv_cache_free_gpu_mem_fraction"])  # fmt: skip
+    return {k: str(v) for k, v in values.items()}
+
+
+def write_model_repository(build: Path, manifest: dict) -> Path:
+    flavour = manifest["target"]
+    values = values_for(manifest, build)
+    out = build / REPOSITORY
+    if out.exists():
+        shutil.rmtree(out)
+    for layer in LAYERS[flavour]:
+        for model in sorted(p for p in (templates() / layer).iterdir() if (p / "config.pbtxt").is_file()):
+            shutil.copytree(model, out / model.name, ignore=shutil.ignore_patterns("__pycache__"))
+            config = out / model.name / "config.pbtxt"
+            config.write_text(fill(config.read_text(encoding="utf-8"), values, config), encoding="utf-8")
+            (out / model.name / "1").mkdir(exist_ok=True)  # Triton needs a version directory, ensembles too
+    if flavour == "gpu":  # the engine is built beside the repository; link it where tensorrt_plan looks
+        (out / "encoder" / "1" / "model.plan").symlink_to(Path("..", "..", "..", manifest["encoder_engine"]))
+    return out
+
+
+def fill(text: str, values: dict[str, str], source: Path) -> str:
+    try:
+        return string.Template(text).substitute(values)
+    except KeyError as e:
+        raise ValueError(f"{source}: no value for placeholder ${{{e.args[0]}}}") from None

@@ -1,0 +1,71 @@
+"""`adapter`: audio embeddings -> one decoder request per clip, in the tensorrt_llm backend's terms.
+
+The chat prompt (default instruction, or the request's PROMPT) has its placeholder replaced by fake ids
+vocab_size .. vocab_size + T' - 1; the embeddings become the request's FP16 prompt table (python models
+cannot carry BF16, and the TensorRT-LLM engine is built in FP16).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from ..decoding import splice_fake_ids
+from ..tokenizer import DEFAULT_INSTRUCTION, asr_prompt_ids, eos_id, load_tokenizer, pad_id, placeholder_id
+from .triton import BadRequest, build_manifest, parameters, per_request, tensor
+
+MAX_PROMPT_BYTES = 2000
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        build, manifest = build_manifest(args)
+        self.tokenizer = load_tokenizer(build / manifest["tokenizer"])
+        self.placeholder_id, self.eos_id, self.pad_id = placeholder_id(self.tokenizer), eos_id(self.tokenizer), pad_id(self.tokenizer)
+        self.vocab_size = manifest["vocab_size"]
+        self.max_new_tokens = int(parameters(args)["max_new_tokens"])
+
+    @functools.lru_cache(maxsize=256)
+    def prompt_ids(self, instruction: str) -> tuple[int, ...]:
+        try:
+            return tuple(asr_prompt_ids(self.tokenizer, instruction))
+        except ValueError as e:
+            raise BadRequest(f"PROMPT: {e}") from None
+
+    def execute(self, requests):
+        return per_request(requests, self.handle)
+
+    def handle(self, request) -> dict[str, np.ndarray]:
+        embeddings, lengths = tensor(request, "audio_embeddings"), tensor(request, "audio_lengths")[:, 0]
+        prompts, max_new = tensor(request, "PROMPT", required=False), tensor(request, "MAX_NEW_TOKENS", required=False)
+        ids = []
+        for i in range(len(lengths)):
+            instruction = DEFAULT_INSTRUCTION if prompts is None else _text(prompts[i, 0])
+            ids.append(splice_fake_ids(self.prompt_ids(instruction), self.placeholder_id, int(lengths[i]), self.vocab_size))
+        new_tokens = np.full(len(ids), self.max_new_tokens, dtype=np.int32) if max_new is None else max_new[:, 0]
+        if (new_tokens < 1).any():
+            raise BadRequest(f"MAX_NEW_TOKENS must be at least 1, got {new_tokens.min()}")
+        input_ids = np.full((len(ids), max(map(len, ids))), self.pad_id, dtype=np.int32)
+        for i, row in enumerate(ids):
+            input_ids[i, : len(row)] = row
+        column = lambda values: np.asarray(values, dtype=np.int32).reshape(-1, 1)  # noqa: E731
+        return {
+            "input_ids": input_ids,
+            "input_lengths": column([len(row) for row in ids]),
+            "request_output_len": column(new_tokens),
+            "end_id": column([self.eos_id] * len(ids)),
+            "pad_id": column([self.pad_id] * len(ids)),
+            "prompt_embedding_table": embeddings[:, : lengths.max()].astype(np.float16),
+            "prompt_vocab_size": column(lengths),
+        }
+
+
+def _text(value) -> str:
+    raw = value if isinstance(value, bytes) else str(value).encode()
+    if len(raw) > MAX_PROMPT_BYTES:
+        raise BadRequest(f"PROMPT is {len(raw)} bytes; the limit is {MAX_PROMPT_BYTES}")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("PROMPT is not valid UTF-8") from None
