@@ -29,6 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("--dry-run", action="store_true", help="print every step, command and shape; run nothing")
     ex.set_defaults(run=_export)
 
+    demo = commands.add_parser("demo", help="the main job: export, serve, transcribe LibriVox speech over gRPC")
+    demo.add_argument("--checkpoint", type=Path, help="a real checkpoint (default: a random tiny one)")
+    demo.add_argument("--work", type=Path, default=Path("build/demo"), help="where checkpoints and builds go")
+    demo.set_defaults(run=_demo)
+
     tr = commands.add_parser("transcribe", help="transcribe audio files")
     tr.add_argument("audio", nargs="+", type=Path, help="wav/flac/ogg files, any sample rate and channel count")
     tr.add_argument("--backend", choices=("torch", "onnx"), default="torch",
@@ -42,6 +47,17 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--prompt", default=None, help='user instruction (default "Transcribe the following:")')
     tr.add_argument("--json", action="store_true", help="print a JSON list, one object per input")
     tr.set_defaults(run=_transcribe)
+
+    sv = commands.add_parser("serve", help="run the tritonserver bundled in nvidia-pytriton (CPU, python backend)")
+    sv.add_argument("--model-repository", required=True, type=Path, help="Triton model repository of python models")
+    sv.add_argument("--host", default="127.0.0.1", help="address of all three endpoints (default 127.0.0.1)")
+    sv.add_argument("--grpc-port", type=int, default=8001, help="default 8001; 0: any free port (all three ports)")
+    sv.add_argument("--http-port", type=int, default=8000, help="default 8000")
+    sv.add_argument("--metrics-port", type=int, default=8002, help="default 8002")
+    sv.add_argument("--log-verbose", type=int, default=0, help="tritonserver --log-verbose level")
+    sv.add_argument("--log-file", type=Path, help="keep the server's log here (default: a temporary file)")
+    sv.add_argument("--ready-timeout", type=float, default=180.0, help="seconds to wait for every model to load")
+    sv.set_defaults(run=_serve)
 
     args = parser.parse_args(argv)
     try:
@@ -59,6 +75,12 @@ def _make_checkpoint(args) -> None:
     size_gb = ckpt.weights_file.stat().st_size / 1e9
     print(f"wrote random {args.size} checkpoint to {ckpt.path} ({size_gb:.2f} GB, {time.perf_counter() - start:.1f} s)")
     print("random weights: transcripts from it are meaningless text, but every backend must agree token by token")
+
+
+def _demo(args) -> None:
+    from .demo import run
+
+    run(args.checkpoint, args.work)
 
 
 def _export(args) -> None:
@@ -113,6 +135,38 @@ def _transcribe(args) -> None:
     else:
         for row in rows:
             print(f"{row['audio']}\t{' '.join(row['text'].split())}")  # one line per file
+
+
+def _serve(args) -> int:
+    import signal
+
+    from .server import TritonServer, TritonServerError
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)  # a service manager's stop is a Ctrl-C
+    server = TritonServer(
+        args.model_repository, args.host, args.grpc_port, args.http_port, args.metrics_port,
+        log_file=args.log_file, log_verbose=args.log_verbose,
+    )  # fmt: skip
+    try:
+        server.start(timeout=args.ready_timeout)
+        print(f"tritonserver ready (pid {server.pid}, log {server.log_path})", flush=True)
+        print(f"grpc    {server.grpc_url}\nhttp    {server.http_url}\nmetrics {server.metrics_url}", flush=True)
+        server.wait()
+        server.check()  # it died: raises with its exit status and its own error lines
+    except KeyboardInterrupt:
+        return 0
+    except TritonServerError as e:
+        error = e
+    finally:
+        # A second Ctrl-C must not cut the clean-up short: stop() is bounded (SIGKILL after its timeout).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        server.stop()
+    print(f"canary-trt serve: error: {error}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 import urllib.error
@@ -22,9 +23,14 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-# CPU-only noise Triton logs at warning/error level; everything else at E level is the server's own error.
+# A stub that cannot load (e.g. no system libpython3.x) hangs Triton forever, so start() watches for this.
+_STUB_CANNOT_START = "error while loading shared libraries"
+# Error lines: glog's E level, the final "error: ...", command-line complaints, the dynamic loader's.
+_ERROR_LINE = re.compile(
+    rf"^E\d{{4}} |^error:|unrecognized option|requires an argument|^Bad option|^invalid value|{_STUB_CANNOT_START}"
+)
+# CPU-only noise Triton logs at E/W level.
 _CPU_NOISE = re.compile(r"CudaDriverHelper|CUDA|NVML|DCGM|pinned memory", re.IGNORECASE)
-_ERROR_LINE = re.compile(r"^E\d{4} |^error:|error while loading shared libraries")
 
 
 class TritonServerError(RuntimeError):
@@ -162,35 +168,35 @@ class TritonServer:
         self.stop()
 
     # --- diagnostics ---------------------------------------------------------------------------------
-    def errors(self, tail: int = 20) -> str:
+    def errors(self, tail: int = 10) -> str:
         """The server's own error lines from its log (model load failures, bind errors, stub crashes);
-        without any, the last `tail` lines."""
+        without any, its last `tail` lines that are not tables."""
         if self.log_path is None or not self.log_path.exists():
             return ""
         lines = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
         errors = [line for line in lines if _ERROR_LINE.search(line) and not _CPU_NOISE.search(line)]
-        return "\n".join(errors or lines[-tail:])
+        return "\n".join(errors or [line for line in lines if line.strip() and line[0] not in "|+"][-tail:])
 
     # --- internals -----------------------------------------------------------------------------------
     def _prepare(self, runtime_dir: Path) -> tuple[list[str], dict[str, str]]:
-        """The backend folder with the stub inside (the only place the python backend looks), the command, the env."""
+        """Backend folder with the stub inside (the only place the python backend looks); command; env."""
         spec = importlib.util.find_spec("pytriton")
         if spec is None or not spec.submodule_search_locations:
             raise FileNotFoundError("nvidia-pytriton is not installed: it bundles tritonserver")
         bundle = Path(next(iter(spec.submodule_search_locations))) / "tritonserver"
         site_packages = bundle.parent.parent
-        python = f"{sys.version_info.major}.{sys.version_info.minor}"
+        python = _python_version()
         stub = bundle / "python_backend_stubs" / python / "triton_python_backend_stub"
         if not stub.exists():
             raise FileNotFoundError(f"nvidia-pytriton has no python backend stub for Python {python}: {stub}")
-        backends = runtime_dir / "backends"
-        shutil.copytree(bundle / "backends" / "python", backends / "python", ignore=shutil.ignore_patterns("__pycache__"))
-        shutil.copy2(stub, backends / "python")
+        backend = runtime_dir / "backends" / "python"
+        shutil.copytree(bundle / "backends" / "python", backend, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copy2(stub, backend)
         (runtime_dir / "cache").mkdir()
         command = [
             str(bundle / "bin" / "tritonserver"),
             f"--model-repository={self.model_repository}",
-            f"--backend-directory={backends}",
+            f"--backend-directory={backend.parent}",
             f"--cache-directory={runtime_dir / 'cache'}",
             "--model-control-mode=none",  # no load/unload API
             f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}",
@@ -203,25 +209,37 @@ class TritonServer:
         ]  # fmt: skip
         env = dict(os.environ)
         # The copied stub loses its relative RPATH to the wheel's bundled libraries.
-        env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(site_packages / "nvidia_pytriton.libs"), env.get("LD_LIBRARY_PATH")]))  # fmt: skip
-        env["PATH"] = os.pathsep.join(filter(None, [os.path.dirname(sys.executable), env.get("PATH")]))
+        env["LD_LIBRARY_PATH"] = _prepend(str(site_packages / "nvidia_pytriton.libs"), env.get("LD_LIBRARY_PATH"))
+        if sysconfig.get_config_var("Py_ENABLE_SHARED"):
+            # The stub must load THIS interpreter's libpython: the system one (e.g. Debian's 3.11.2 beside a
+            # pyenv 3.11.7) mismatches this stdlib's extension modules (`_ssl`: undefined symbol).
+            env["LD_LIBRARY_PATH"] = _prepend(sysconfig.get_config_var("LIBDIR"), env["LD_LIBRARY_PATH"])
+        env["PATH"] = _prepend(os.path.dirname(sys.executable), env.get("PATH"))  # not resolved: the venv's own bin
         env.update(self.extra_env)
         return command, env
 
     def _wait_ready(self, timeout: float) -> None:
         """Triton loads every model before it opens its endpoints, so the first HTTP answer is final."""
-        probe = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        probe = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.host, self.host)  # a wildcard is no address to dial
         url = f"http://{_url_host(probe)}:{self.http_port}/v2/health/ready"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             code = self._proc.poll()
             if code is not None:
-                raise TritonServerError(f"tritonserver exited during start-up ({_describe_exit(code)}):\n{self.errors()}")
+                status = _describe_exit(code)
+                raise TritonServerError(f"tritonserver exited during start-up ({status}):\n{self.errors()}")
+            if _STUB_CANNOT_START in self.log_path.read_text(encoding="utf-8", errors="replace"):
+                raise TritonServerError(
+                    f"the python backend stub cannot start: install the system libpython{_python_version()} "
+                    f"(Debian/Ubuntu package libpython{_python_version()}):\n{self.errors()}"
+                )
             try:
                 with urllib.request.urlopen(url, timeout=2):
                     pass
             except urllib.error.HTTPError:
-                raise TritonServerError(f"tritonserver is up but not ready (a model failed to load?):\n{self.errors()}")
+                raise TritonServerError(
+                    f"tritonserver is up but not ready (a model failed to load):\n{self.errors()}"
+                ) from None
             except (urllib.error.URLError, OSError):
                 time.sleep(0.1)
                 continue
@@ -247,6 +265,15 @@ def _free_ports(host: str, *wanted: int | None) -> list[int]:
     finally:
         for s in sockets:
             s.close()
+
+
+def _prepend(first: str, path: str | None) -> str:
+    return f"{first}{os.pathsep}{path}" if path else first
+
+
+def _python_version() -> str:
+    """The stub must match this interpreter: it embeds the system libpython of the same version."""
+    return f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
 def _accepts(host: str, port: int) -> bool:

@@ -47,9 +47,9 @@ def reference(tiny_checkpoint):
 
 @pytest.fixture(scope="session")
 def cpu_build(tiny_checkpoint, tmp_path_factory):
-    """`canary-trt export --target cpu --precision int8` of the tiny checkpoint (fp32 and int8 decoders)."""
+    """`canary-trt export --target cpu` of the tiny checkpoint (fp32: token-exact with the reference)."""
     from canary_trt.export.build import export
 
     out = tmp_path_factory.mktemp("build-cpu")
-    export(tiny_checkpoint.path, out, target="cpu", precision="int8", log=lambda line: None)
+    export(tiny_checkpoint.path, out, target="cpu", log=lambda line: None)
     return out

@@ -16,23 +16,11 @@ CLIP_SETS = {"1s": ["1s"], "10s": ["10s"], "35s": ["35s"], "mixed batch": ["0880
 
 def test_cpu_build_contents(cpu_build):
     manifest = read_manifest(cpu_build)
-    assert manifest["target"] == "cpu" and manifest["precision"] == "int8" and manifest["decoder"] == "decoder_int8.onnx"
-    for name in ("encoder.onnx", "encoder.onnx.data", "decoder.onnx", "decoder.onnx.data", "decoder_int8.onnx",
-                 "embed_tokens.npy", "tokenizer/tokenizer.json", "tokenizer/tokenizer_config.json"):  # fmt: skip
+    assert manifest["target"] == "cpu" and manifest["precision"] == "fp32" and manifest["decoder"] == "decoder.onnx"
+    for name in ("encoder.onnx", "encoder.onnx.data", "decoder.onnx", "decoder.onnx.data", "embed_tokens.npy",
+                 "tokenizer/tokenizer.json", "tokenizer/tokenizer_config.json", "model_repository/canary_qwen/config.pbtxt"):
         assert (cpu_build / name).is_file(), name
     assert all(p.stat().st_mode & 0o044 == 0o044 for p in cpu_build.rglob("*") if p.is_file())  # readable by Triton
-
-
-def _as_fp32(cpu_build, tmp_path):
-    """The same build with its manifest pointing at the exact fp32 decoder."""
-    build = tmp_path / "fp32"
-    build.mkdir()
-    for path in cpu_build.iterdir():
-        (build / path.name).symlink_to(path)
-    (build / "export.json").unlink()
-    manifest = {**read_manifest(cpu_build), "decoder": "decoder.onnx", "precision": "fp32"}
-    (build / "export.json").write_text(json.dumps(manifest))
-    return build
 
 
 def _write_wavs(clips, names, tmp_path):
@@ -54,13 +42,19 @@ def _json(capsys, argv):
 def test_onnx_backend_is_token_exact_with_torch(case, capsys, cpu_build, tiny_checkpoint, reference, clips, tmp_path):
     wavs = _write_wavs(clips, CLIP_SETS[case], tmp_path)
     common = ["transcribe", "--json", "--max-new-tokens", "24", "--batch-size", "5", *wavs]
-    onnx_rows = _json(capsys, [*common, "--backend", "onnx", "--build", str(_as_fp32(cpu_build, tmp_path))])
+    onnx_rows = _json(capsys, [*common, "--backend", "onnx", "--build", str(cpu_build)])
     torch_rows = _json(capsys, [*common, "--backend", "torch", "--checkpoint", str(tiny_checkpoint.path)])
     assert onnx_rows == torch_rows
 
 
-def test_int8_build_transcribes(capsys, cpu_build, clips, tmp_path):
-    rows = _json(capsys, ["transcribe", "--json", "--max-new-tokens", "8", "--backend", "onnx", "--build", str(cpu_build),
+def test_int8_build_transcribes(capsys, tiny_checkpoint, clips, tmp_path):
+    build = tmp_path / "int8"
+    assert main(["export", "--checkpoint", str(tiny_checkpoint.path), "--out", str(build), "--precision", "int8"]) == 0
+    capsys.readouterr()
+    manifest = read_manifest(build)
+    assert manifest["precision"] == "int8" and manifest["decoder"] == "decoder_int8.onnx"
+    assert (build / "decoder_int8.onnx").is_file() and (build / "decoder.onnx").is_file()
+    rows = _json(capsys, ["transcribe", "--json", "--max-new-tokens", "8", "--backend", "onnx", "--build", str(build),
                           *_write_wavs(clips, ["0880", "1s"], tmp_path)])  # fmt: skip
     assert [len(r["token_ids"]) for r in rows] == [8, 8]
 

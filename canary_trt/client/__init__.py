@@ -1,1 +1,5 @@
 """The gRPC client side of canary-trt. Installs with `pip install .[client]` and never imports torch."""
+
+from .api import AsyncTranscriptionClient, Transcription, TranscriptionClient
+
+__all__ = ["AsyncTranscriptionClient", "Transcription", "TranscriptionClient"]

@@ -1,0 +1,76 @@
+"""`canary-trt demo`: the main job end to end on this machine.
+
+checkpoint (random tiny unless given) -> CPU export -> the bundled Triton server -> gRPC transcription of
+the LibriVox clips of Debian's pocketsphinx-testdata -> transcripts and a timing table -> server stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from pathlib import Path
+
+LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
+MAX_NEW_TOKENS = 32
+
+
+def run(checkpoint: Path | None, work: Path) -> None:
+    from .client import AsyncTranscriptionClient
+    from .export.build import export
+    from .manifest import read_manifest
+    from .server import TritonServer
+
+    clips = sorted(LIBRIVOX.glob("*.wav"))
+    if not clips:
+        raise FileNotFoundError(f"no LibriVox clips in {LIBRIVOX}: install Debian's pocketsphinx-testdata")
+    random_weights = checkpoint is None
+    if random_weights:
+        checkpoint = work / "tiny-checkpoint"
+        if not (checkpoint / "model.safetensors").is_file():
+            from .random_checkpoint import write_random_checkpoint
+
+            _stage(f"writing a random-weight tiny checkpoint to {checkpoint}")
+            write_random_checkpoint(checkpoint, "tiny")
+    build = work / "build-cpu"
+    manifest = build / "export.json"
+    if not manifest.is_file() or read_manifest(build)["checkpoint"] != str(checkpoint.resolve()):
+        _stage(f"exporting {checkpoint} for CPU into {build}")
+        export(checkpoint, build, target="cpu", log=lambda line: print("  " + line))
+    _stage("starting the Triton server (tritonserver bundled in nvidia-pytriton, python backend, 127.0.0.1)")
+    start = time.perf_counter()
+    with TritonServer(build / "model_repository") as server:
+        print(f"  ready in {time.perf_counter() - start:.1f} s: grpc {server.grpc_url}, http {server.http_url}, "
+              f"metrics {server.metrics_url}")  # fmt: skip
+        _stage(f"transcribing {len(clips)} LibriVox clips over gRPC (all in flight at once, {MAX_NEW_TOKENS} new tokens max)")
+
+        async def transcribe_all():
+            async with AsyncTranscriptionClient(server.grpc_url, concurrency=len(clips)) as client:
+                return await client.transcribe_many([str(c) for c in clips], max_new_tokens=MAX_NEW_TOKENS)
+
+        start = time.perf_counter()
+        results = asyncio.run(transcribe_all())
+        wall = time.perf_counter() - start
+    truth = _librivox_transcripts()
+    if random_weights:
+        print("\n  NOTE: random weights. The transcripts below are meaningless text: they prove the pipeline, not the model.")
+    for clip, result in zip(clips, results):
+        print(f"\n  {clip.name}\n    said:        {truth.get(clip.stem, '?')}\n    transcribed: {' '.join(result.text.split())}")
+    audio = sum(r.audio_seconds for r in results)
+    print(f"\n  {'clip':<48} {'audio s':>8} {'latency s':>10} {'tokens':>7}")
+    for clip, r in zip(clips, results):
+        print(f"  {clip.name:<48} {r.audio_seconds:>8.2f} {r.latency_seconds:>10.2f} {len(r.token_ids):>7}")
+    print(f"  {'all (wall time, concurrent)':<48} {audio:>8.2f} {wall:>10.2f}\n  RTFx {audio / wall:.1f} on this machine")
+    print(f"\n  By hand: canary-trt serve --model-repository {build / 'model_repository'}\n"
+          f"           canary-trt-client transcribe --url 127.0.0.1:8001 {LIBRIVOX}")
+
+
+def _stage(text: str) -> None:
+    print(f"== {text}", flush=True)
+
+
+def _librivox_transcripts() -> dict[str, str]:
+    """`<s> words </s> (utterance-id)` lines of the data set's transcription file."""
+    pattern = re.compile(r"<s>\s*(.*?)\s*</s>\s*\((\S+)\)")
+    lines = (LIBRIVOX / "transcription").read_text(encoding="utf-8").splitlines()
+    return {m[2]: m[1] for m in map(pattern.search, lines) if m}
