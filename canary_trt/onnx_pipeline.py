@@ -15,9 +15,12 @@ from .transcribe import MAX_NEW_TOKENS
 
 
 class OnnxPipeline:
-    def __init__(self, build: str | Path, threads: int | None = None):
+    def __init__(self, build: str | Path, threads: int | None = None, exact: bool = False):
+        """exact: run the fp32 graphs of an int8 build (they are kept beside the int8 ones)."""
         build = Path(build)
         manifest = read_manifest(build)
+        if exact:
+            manifest.update(encoder="encoder.onnx", decoder="decoder.onnx")
         if manifest["target"] != "cpu":
             raise ValueError(f"{build} is a {manifest['target']} build; the onnx backend runs CPU builds")
         options = ort.SessionOptions()
@@ -37,9 +40,11 @@ class OnnxPipeline:
         embeddings, rows = self.encoder.run(None, {"WAV": batch, "WAV_LENS": lengths})
         return [e[:n] for e, n in zip(embeddings, rows)]
 
-    def generate(self, embeddings: list[np.ndarray], prompt_ids: list[int], max_new_tokens: int = MAX_NEW_TOKENS) -> list[list[int]]:
+    def generate(self, embeddings: list[np.ndarray], prompt_ids: list[int], max_new_tokens: int = MAX_NEW_TOKENS,
+                 force_length: bool = False) -> list[list[int]]:  # fmt: skip
+        end_id = -1 if force_length else self.eos_id  # -1: no token ends the request
         requests = [
-            Request(splice_fake_ids(prompt_ids, self.placeholder_id, len(e), self.vocab_size), e, max_new_tokens, self.eos_id)
+            Request(splice_fake_ids(prompt_ids, self.placeholder_id, len(e), self.vocab_size), e, max_new_tokens, end_id)
             for e in embeddings
         ]
         return self.decoder.generate(requests)

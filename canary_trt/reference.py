@@ -59,9 +59,11 @@ class Reference:
 
     @torch.inference_mode()
     def generate(
-        self, embeddings: list[torch.Tensor], prompt_ids: list[int], max_new_tokens: int = MAX_NEW_TOKENS
+        self, embeddings: list[torch.Tensor], prompt_ids: list[int], max_new_tokens: int = MAX_NEW_TOKENS,
+        force_length: bool = False,
     ) -> list[list[int]]:
-        """Greedy token ids for each clip's audio embeddings spliced into `prompt_ids`."""
+        """Greedy token ids for each clip's audio embeddings spliced into `prompt_ids`. force_length: never
+        stop at <|im_end|> (benchmarks on random weights compare equal work)."""
         from nemo.collections.speechlm2.models.salm import replace_placeholders_and_build_targets
 
         tokens = torch.tensor([prompt_ids] * len(embeddings))
@@ -71,6 +73,8 @@ class Reference:
             replacements=embeddings, target_ids=None,
         )  # fmt: skip
         config = greedy_generation_config(self.tokenizer, max_new_tokens)
+        if force_length:
+            config.min_new_tokens = max_new_tokens
         out = self.llm.generate(inputs_embeds=inputs, attention_mask=mask, generation_config=config)
         return [_until(row.tolist(), self.eos_id) for row in out]
 

@@ -53,7 +53,8 @@ def test_int8_build_transcribes(capsys, tiny_checkpoint, clips, tmp_path):
     capsys.readouterr()
     manifest = read_manifest(build)
     assert manifest["precision"] == "int8" and manifest["decoder"] == "decoder_int8.onnx"
-    assert (build / "decoder_int8.onnx").is_file() and (build / "decoder.onnx").is_file()
+    assert manifest["encoder"] == "encoder_int8.onnx"
+    assert all((build / name).is_file() for name in ("encoder.onnx", "encoder_int8.onnx", "decoder.onnx", "decoder_int8.onnx"))
     rows = _json(capsys, ["transcribe", "--json", "--max-new-tokens", "8", "--backend", "onnx", "--build", str(build),
                           *_write_wavs(clips, ["0880", "1s"], tmp_path)])  # fmt: skip
     assert [len(r["token_ids"]) for r in rows] == [8, 8]

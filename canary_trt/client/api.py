@@ -107,8 +107,8 @@ class AsyncTranscriptionClient:
         return _result(response, samples, start)
 
     async def transcribe_many(self, audios, return_exceptions: bool = False, **options) -> list:
-        """Results in the order of `audios`; with `return_exceptions`, a failed clip's exception takes
-        its place instead of cancelling the rest."""
+        """Results in the order of `audios`. A failure raises the first exception, unless
+        `return_exceptions`: then each failed clip's exception takes its place in the list."""
         return await asyncio.gather(*(self.transcribe(audio, **options) for audio in audios),
                                     return_exceptions=return_exceptions)  # fmt: skip
 

@@ -1,7 +1,7 @@
 """`canary-trt export`: a build is a list of steps, run in order. --dry-run prints every step, command and
 shape and runs only the cheap ones (tokenizer, manifest, model repository configs) for inspection.
 
-BUILD/ after a CPU build: encoder.onnx, decoder.onnx (+ decoder_int8.onnx with --precision int8),
+BUILD/ after a CPU build: encoder.onnx, decoder.onnx (+ their *_int8.onnx with --precision int8),
 embed_tokens.npy, tokenizer/, export.json (what the runtime needs to know) and model_repository/.
 A GPU build has encoder.onnx -> encoder.plan (trtexec), hf_llm/ (the merged HF Qwen3 checkpoint),
 trtllm_checkpoint/ and trtllm_engine/ instead of the decoder ONNX files.
@@ -24,7 +24,7 @@ from . import decoder_onnx, encoder_onnx
 from .repository import REPOSITORY, write_model_repository
 
 TOKENIZER_DIR = "tokenizer"
-# --precision per target: int8 means 8-bit LLM weights on both (CPU: MatMulNBits; GPU: W8A16).
+# --precision per target: int8 means 8-bit weights (CPU: encoder and decoder; GPU: the LLM, W8A16).
 PRECISIONS = {"cpu": ("fp32", "int8"), "gpu": ("fp16", "bf16", "fp8", "int8")}
 GPU_PRECISION = {  # --precision -> preset fields
     "fp16": {"encoder_precision": "fp16", "llm_quantization": "none"},
@@ -71,11 +71,13 @@ def plan(checkpoint: Checkpoint, out: Path, target: str, precision: str | None, 
         ))  # fmt: skip
         manifest.update(decoder=decoder_onnx.ONNX_NAME, embeddings=decoder_onnx.EMBEDDINGS_NAME)
         if precision == "int8":
-            from .quantize import quantize_decoder_int8
+            from . import quantize
 
-            steps.append(Step("decoder int8 weights (MatMulNBits, 8 bit, block 128, int8 compute)", "decoder_int8.onnx",
-                              action=lambda: quantize_decoder_int8(out / decoder_onnx.ONNX_NAME, out / "decoder_int8.onnx")))  # fmt: skip
-            manifest["decoder"] = "decoder_int8.onnx"
+            steps.append(Step("encoder int8 weights (dynamic int8 MatMuls; front end and attention fp32)", quantize.ENCODER_INT8_NAME,
+                              action=lambda: quantize.quantize_encoder_int8(out / encoder_onnx.FILE, out / quantize.ENCODER_INT8_NAME)))  # fmt: skip
+            steps.append(Step("decoder int8 weights (MatMulNBits, 8 bit, block 128, int8 compute)", quantize.INT8_NAME,
+                              action=lambda: quantize.quantize_decoder_int8(out / decoder_onnx.ONNX_NAME, out / quantize.INT8_NAME)))  # fmt: skip
+            manifest.update(encoder=quantize.ENCODER_INT8_NAME, decoder=quantize.INT8_NAME)
     else:
         steps += _gpu_steps(checkpoint, out, precision, preset_name or DEFAULT_PRESET, manifest)
 

@@ -1,0 +1,144 @@
+"""`canary-trt-client`: transcribe with, and benchmark, a canary-trt Triton server over gRPC. No torch needed."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+PROG = "canary-trt-client"
+EXIT_CODES = "exit status: 0 every clip transcribed; 1 some clips failed (each one named); 2 a usage or setup error"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__, epilog=EXIT_CODES)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    tr = commands.add_parser("transcribe", help="transcribe audio files", epilog=EXIT_CODES)
+    tr.add_argument("audio", nargs="+", type=Path,
+                    help="wav/flac/ogg files, or folders: every such file inside, sorted")  # fmt: skip
+    _add_server_options(tr)
+    tr.add_argument("--concurrency", type=_positive, default=8, help="requests in flight at once (default 8)")
+    tr.add_argument("--prompt", help='user instruction (default: the server\'s, "Transcribe the following:")')
+    tr.add_argument("--json", action="store_true", help="print a JSON list, one object per input")
+    tr.set_defaults(run=_transcribe)
+
+    from .bench import DEFAULT_WARMUP
+
+    be = commands.add_parser("bench", help="measure WER, RTFx, latency and Triton statistics on a data set",
+                             epilog=EXIT_CODES)  # fmt: skip
+    data = be.add_mutually_exclusive_group(required=True)
+    data.add_argument("--manifest", type=Path, help="NeMo JSONL manifest (audio_filepath, text, duration)")
+    data.add_argument("--audio-dir", type=Path, help="folder of audio files, each with its transcript in x.txt")
+    _add_server_options(be)
+    be.add_argument("--concurrency", type=_levels, default=[1, 8, 32], help="comma-separated levels (default 1,8,32)")
+    be.add_argument("--warmup", type=int, default=DEFAULT_WARMUP,
+                    help=f"untimed requests before each level (default {DEFAULT_WARMUP})")  # fmt: skip
+    be.add_argument("--out", type=Path, default=Path("bench-report"), help="report folder (default ./bench-report)")
+    be.set_defaults(run=_bench)
+
+    lv = commands.add_parser("manifest-librivox", help="write a NeMo manifest of Debian's LibriVox test clips")
+    lv.add_argument("--out", required=True, type=Path, help="manifest file to write")
+    lv.add_argument("--dir", type=Path, help="folder with the clips and their `transcription` file "
+                    "(default: pocketsphinx-testdata's)")  # fmt: skip
+    lv.set_defaults(run=_manifest_librivox)
+
+    args = parser.parse_args(argv)
+    from tritonclient.utils import InferenceServerException
+
+    try:
+        return args.run(args) or 0
+    except (ValueError, OSError, InferenceServerException) as e:  # clear errors (incl. no server): no traceback
+        print(f"{PROG} {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _add_server_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", default="127.0.0.1:8001", help="Triton's gRPC endpoint (default 127.0.0.1:8001)")
+    parser.add_argument("--max-new-tokens", type=_positive, help="generated tokens at most (default: the server's, 128)")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _levels(text: str) -> list[int]:
+    return [_positive(part) for part in text.split(",")]
+
+
+def _transcribe(args) -> int:
+    from .api import AsyncTranscriptionClient
+    from .manifest import find_audio
+
+    paths = [file for path in args.audio for file in (find_audio(path) if path.is_dir() else [path])]
+    if not paths:
+        raise ValueError(f"no wav/flac/ogg files in {' '.join(map(str, args.audio))}")
+
+    async def run():
+        async with AsyncTranscriptionClient(args.url, concurrency=args.concurrency) as client:
+            if not await client.triton.is_model_ready(client.model):  # one clear error, not one per file
+                raise ValueError(f"the Triton server at {args.url} has no ready model {client.model!r}")
+            return await client.transcribe_many(paths, prompt=args.prompt, max_new_tokens=args.max_new_tokens,
+                                                return_exceptions=True)  # fmt: skip
+
+    start = time.perf_counter()
+    results = asyncio.run(run())
+    wall = time.perf_counter() - start
+    rows = []
+    for path, result in zip(paths, results):
+        if isinstance(result, BaseException):
+            reason = str(result) or type(result).__name__
+            named = reason if str(path) in reason else f"{path}: {reason}"  # audio errors name their file already
+            print(f"{PROG} transcribe: failed: {named}", file=sys.stderr)
+            rows.append({"audio": str(path), "error": reason})
+        else:
+            rows.append({"audio": str(path), "text": result.text, "token_ids": result.token_ids,
+                         "audio_seconds": round(result.audio_seconds, 3),
+                         "latency_seconds": round(result.latency_seconds, 4)})  # fmt: skip
+    done = [row for row in rows if "error" not in row]
+    audio_seconds = sum(row["audio_seconds"] for row in done)
+    print(f"{len(done)} of {len(rows)} clips transcribed, {audio_seconds:.2f} s of audio in {wall:.2f} s "
+          f"(RTFx {audio_seconds / wall:.2f}, concurrency {args.concurrency})", file=sys.stderr)  # fmt: skip
+    if args.json:
+        print(json.dumps(rows, ensure_ascii=False, indent=2))
+    else:
+        for row in done:
+            print(f"{row['audio']}\t{' '.join(row['text'].split())}")  # one line per file
+    return 0 if len(done) == len(rows) else 1
+
+
+def _bench(args) -> int:
+    from .bench import run_benchmark
+    from .manifest import read_audio_dir, read_manifest
+    from .report import summary_rows, write_report
+
+    utterances = read_manifest(args.manifest) if args.manifest else read_audio_dir(args.audio_dir)
+    source = str(args.manifest or args.audio_dir)
+    report = run_benchmark(args.url, utterances, args.concurrency, args.warmup, args.max_new_tokens, source)
+    written = write_report(report, args.out)
+    rows = summary_rows(report)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.rjust(width) for cell, width in zip(row, widths)))
+    print("wrote " + ", ".join(str(path) for path in written))
+    return 1 if any(p["failed"] for p in report["passes"]) else 0
+
+
+def _manifest_librivox(args) -> None:
+    from .manifest import LIBRIVOX_DIR, librivox_utterances, write_manifest
+
+    utterances = librivox_utterances(args.dir or LIBRIVOX_DIR)
+    print(f"wrote {len(utterances)} utterances to {write_manifest(args.out, utterances)}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Render a benchmark report (the dict `bench.run_benchmark` returns): report.json, report.md, rtfx_latency.png."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+JSON_NAME, MARKDOWN_NAME, PLOT_NAME = "report.json", "report.md", "rtfx_latency.png"
+
+
+def write_report(report: dict, out: str | Path) -> list[Path]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / JSON_NAME).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (out / MARKDOWN_NAME).write_text(markdown(report), encoding="utf-8")
+    plot(report["passes"], out / PLOT_NAME)
+    return [out / JSON_NAME, out / MARKDOWN_NAME, out / PLOT_NAME]
+
+
+def summary_rows(report: dict) -> list[list[str]]:
+    """One row per concurrency level (header first): the table in report.md and on the terminal."""
+    rows = [["concurrency", "done", "failed", "wall s", "audio s", "RTFx", "p50 ms", "p90 ms", "p99 ms", "WER %"]]
+    for p in report["passes"]:
+        latency = p["latency_seconds"]
+        rows.append([
+            str(p["concurrency"]), str(p["done"]), str(p["failed"]), f"{p['wall_seconds']:.2f}",
+            f"{p['audio_seconds']:.2f}", f"{p['rtfx']:.2f}", *(_ms(latency[k]) for k in ("p50", "p90", "p99")),
+            _percent(p["wer"]["wer"]),
+        ])  # fmt: skip
+    return rows
+
+
+def markdown(report: dict) -> str:
+    machine, server, data, method = report["machine"], report["server"], report["dataset"], report["method"]
+    lines = [
+        f"# canary-trt benchmark ({report['started']})",
+        "",
+        f"- client machine: {machine['cpu']}, {machine['cpu_cores']} cores, {machine['memory_gib']} GiB; "
+        f"GPU: {machine['gpu']}; {machine['os']}, Python {machine['python']}",
+        f"- server: Triton {server['version']} at {server['url']}; model `{server['model']}` "
+        f"(max_batch_size {server['max_batch_size']}; per model: "
+        + ", ".join(f"{name} {size}" for name, size in server["models_max_batch_size"].items()) + ")",
+        f"- data: {data['source']}: {data['utterances']} utterances, {data['audio_seconds']:.2f} s of audio"
+        + (f", {data['unreadable']} unreadable" if data["unreadable"] else ""),
+        f"- max new tokens: {method['max_new_tokens'] or 'server default'}; untimed warm-up requests before "
+        f"each level: {method['warmup_requests']}",
+        "",
+        "## Summary",
+        "",
+        *_table(summary_rows(report)),
+        "",
+        f"- WER: {method['wer']}.",
+        f"- RTFx: {method['rtfx']}.",
+        f"- Latency: {method['latency']}; percentiles: {method['percentiles']}.",
+        f"- Triton: {method['triton']}.",
+    ]
+    for p in report["passes"]:
+        lines += ["", f"## Concurrency {p['concurrency']}", "", *_triton_table(p["triton"])]
+        failed = [u for u in p["utterances"] if u["status"] == "failed"]
+        if failed:
+            lines += ["", "Failed:", "", *(f"- `{u['audio']}`: {u['error']}" for u in failed)]
+        lines += ["", "<details><summary>Per utterance</summary>", "", *_utterance_table(p["utterances"]), "",
+                  "</details>"]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def _triton_table(models: dict) -> list[str]:
+    rows = [["model", "inferences", "executions", "mean batch", "queue ms", "input ms", "infer ms", "output ms",
+             "batch sizes (executions)"]]  # fmt: skip
+    for name, m in models.items():
+        ms = m["ms_per_request"]
+        histogram = ", ".join(f"{size}: {runs}" for size, runs in m["batch_size_histogram"].items())
+        rows.append([
+            name, str(m["inference_count"]), str(m["execution_count"]), str(m["mean_batch_size"] or "-"),
+            *(_number(ms[k]) for k in ("queue", "compute_input", "compute_infer", "compute_output")), histogram or "-",
+        ])  # fmt: skip
+    return _table(rows)
+
+
+def _utterance_table(utterances: list[dict]) -> list[str]:
+    rows = [["#", "audio", "status", "latency ms", "S", "D", "I", "ref words", "hypothesis / error"]]
+    for u in utterances:
+        e = u["word_errors"] or {}
+        rows.append([
+            str(u["index"]), Path(u["audio"]).name, u["status"], _ms(u["latency_seconds"]),
+            *(str(e.get(k, "-")) for k in ("substitutions", "deletions", "insertions", "reference_words")),
+            u["hypothesis"] if u["status"] == "done" else u["error"],
+        ])  # fmt: skip
+    return _table(rows)
+
+
+def _table(rows: list[list[str]]) -> list[str]:
+    def line(cells):
+        return "| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
+
+    return [line(rows[0]), line(["---"] * len(rows[0])), *(line(r) for r in rows[1:])]
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.1f}"
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _percent(rate: float | None) -> str:
+    return "-" if rate is None else f"{100 * rate:.2f}"
+
+
+def plot(passes: list[dict], path: Path) -> None:
+    """RTFx and p90 latency against concurrency, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on servers
+    import matplotlib.pyplot as plt
+
+    levels = [p["concurrency"] for p in passes]
+    p90 = [p["latency_seconds"]["p90"] for p in passes]
+    p90_ms = [float("nan") if seconds is None else seconds * 1000 for seconds in p90]  # nan: no point drawn
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
+    for axis, values, label in ((left, [p["rtfx"] for p in passes], "RTFx (audio s / wall s)"),
+                                (right, p90_ms, "p90 latency (ms)")):  # fmt: skip
+        axis.plot(levels, values, marker="o")
+        axis.set_xscale("log", base=2)
+        axis.set_xticks(levels, [str(c) for c in levels])
+        axis.minorticks_off()
+        axis.set_xlabel("concurrent requests")
+        axis.set_ylabel(label)
+        axis.set_ylim(bottom=0)
+        axis.grid(alpha=0.3)
+    figure.suptitle("canary-trt over gRPC")
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
