@@ -7,23 +7,21 @@ the LibriVox clips of Debian's pocketsphinx-testdata -> transcripts and a timing
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from pathlib import Path
 
-LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
 MAX_NEW_TOKENS = 32
 
 
 def run(checkpoint: Path | None, work: Path) -> None:
     from .client import AsyncTranscriptionClient
+    from .client.manifest import LIBRIVOX_DIR, librivox_utterances
     from .export.build import export
     from .manifest import read_manifest
     from .server import TritonServer
 
-    clips = sorted(LIBRIVOX.glob("*.wav"))
-    if not clips:
-        raise FileNotFoundError(f"no LibriVox clips in {LIBRIVOX}: install Debian's pocketsphinx-testdata")
+    utterances = librivox_utterances()
+    clips = [u.audio for u in utterances]
     random_weights = checkpoint is None
     if random_weights:
         checkpoint = work / "tiny-checkpoint"
@@ -51,26 +49,18 @@ def run(checkpoint: Path | None, work: Path) -> None:
         start = time.perf_counter()
         results = asyncio.run(transcribe_all())
         wall = time.perf_counter() - start
-    truth = _librivox_transcripts()
     if random_weights:
         print("\n  NOTE: random weights. The transcripts below are meaningless text: they prove the pipeline, not the model.")
-    for clip, result in zip(clips, results):
-        print(f"\n  {clip.name}\n    said:        {truth.get(clip.stem, '?')}\n    transcribed: {' '.join(result.text.split())}")
+    for utterance, result in zip(utterances, results):
+        print(f"\n  {utterance.audio.name}\n    said:        {utterance.text}\n    transcribed: {' '.join(result.text.split())}")
     audio = sum(r.audio_seconds for r in results)
     print(f"\n  {'clip':<48} {'audio s':>8} {'latency s':>10} {'tokens':>7}")
     for clip, r in zip(clips, results):
         print(f"  {clip.name:<48} {r.audio_seconds:>8.2f} {r.latency_seconds:>10.2f} {len(r.token_ids):>7}")
     print(f"  {'all (wall time, concurrent)':<48} {audio:>8.2f} {wall:>10.2f}\n  RTFx {audio / wall:.1f} on this machine")
     print(f"\n  By hand: canary-trt serve --model-repository {build / 'model_repository'}\n"
-          f"           canary-trt-client transcribe --url 127.0.0.1:8001 {LIBRIVOX}")
+          f"           canary-trt-client transcribe --url 127.0.0.1:8001 {LIBRIVOX_DIR}")
 
 
 def _stage(text: str) -> None:
     print(f"== {text}", flush=True)
-
-
-def _librivox_transcripts() -> dict[str, str]:
-    """`<s> words </s> (utterance-id)` lines of the data set's transcription file."""
-    pattern = re.compile(r"<s>\s*(.*?)\s*</s>\s*\((\S+)\)")
-    lines = (LIBRIVOX / "transcription").read_text(encoding="utf-8").splitlines()
-    return {m[2]: m[1] for m in map(pattern.search, lines) if m}
