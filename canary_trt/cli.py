@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--batch-size", type=int, default=8)
     tr.add_argument("--max-new-tokens", type=int, default=128)
     tr.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="torch backend precision")
+    tr.add_argument("--device", default="cpu", help="torch backend device, e.g. cuda (default cpu)")
     tr.add_argument("--threads", type=int, help="onnx backend: ONNX Runtime threads (default: one per core)")
     tr.add_argument("--prompt", default=None, help='user instruction (default "Transcribe the following:")')
     tr.add_argument("--json", action="store_true", help="print a JSON list, one object per input")
@@ -96,7 +97,7 @@ def _open_backend(args):
         from .checkpoint import Checkpoint
         from .reference import Reference
 
-        return Reference(Checkpoint.open(args.checkpoint), dtype=args.dtype)
+        return Reference(Checkpoint.open(args.checkpoint), dtype=args.dtype, device=args.device)
     from .onnx_pipeline import OnnxPipeline
 
     return OnnxPipeline(args.build, threads=args.threads)

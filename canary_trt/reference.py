@@ -20,12 +20,12 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 class Reference:
-    def __init__(self, checkpoint: Checkpoint, dtype: str = "fp32"):
+    def __init__(self, checkpoint: Checkpoint, dtype: str = "fp32", device: str = "cpu"):
         from omegaconf import OmegaConf
         from transformers import Qwen3Config, Qwen3ForCausalLM
         from nemo.collections.speechlm2.modules.perception import AudioPerceptionModule
 
-        self.checkpoint, self.dtype = checkpoint, DTYPES[dtype]
+        self.checkpoint, self.dtype, self.device = checkpoint, DTYPES[dtype], torch.device(device)
         weights = checkpoint.read_weights()
         # NeMo builds the model in fp32 (bf16 weights upcast exactly); the front end always runs in fp32.
         self.perception = AudioPerceptionModule(OmegaConf.create(checkpoint.config["perception"])).eval()
@@ -39,6 +39,8 @@ class Reference:
         if unexpected or set(missing) - {"lm_head.weight"}:  # the head is tied to the embedding
             raise RuntimeError(f"LLM weights do not fit Qwen3: missing {missing}, unexpected {unexpected}")
         self.llm.tie_weights()
+        self.perception.to(self.device)
+        self.llm.to(self.device)
 
         self.tokenizer = load_tokenizer(checkpoint.llm_path)
         self.placeholder_id = placeholder_id(self.tokenizer)
@@ -51,6 +53,7 @@ class Reference:
         batch = torch.zeros(len(waveforms), int(lengths.max()))
         for i, w in enumerate(waveforms):
             batch[i, : len(w)] = torch.from_numpy(w)
+        batch, lengths = batch.to(self.device), lengths.to(self.device)
         features, feature_lengths = self.perception.preprocessor(input_signal=batch, length=lengths)
         embeddings, embedding_lengths = self.perception(
             processed_signal=features.to(self.dtype), processed_signal_length=feature_lengths
@@ -66,7 +69,7 @@ class Reference:
         stop at <|im_end|> (benchmarks on random weights compare equal work)."""
         from nemo.collections.speechlm2.models.salm import replace_placeholders_and_build_targets
 
-        tokens = torch.tensor([prompt_ids] * len(embeddings))
+        tokens = torch.tensor([prompt_ids] * len(embeddings), device=self.device)
         text = self.llm.get_input_embeddings()(tokens.where(tokens != self.placeholder_id, 0))
         inputs, _, mask = replace_placeholders_and_build_targets(
             input_ids=tokens, embeds=text, padding_id=self.pad_id, placeholder_id=self.placeholder_id,
