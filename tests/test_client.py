@@ -71,7 +71,8 @@ def test_cli_transcribe_reports_a_corrupt_file_and_goes_on(server, tmp_path, cap
     for path in PATHS:
         shutil.copy(path, tmp_path)
     (tmp_path / "broken.wav").write_bytes(b"RIFF....not a wav file")
-    sf.write(tmp_path / "quiet.flac", np.zeros(8000, np.float32), 16000)  # a folder's flac files count too
+    # a folder's flac files count too (not silent: all-zero audio is refused)
+    sf.write(tmp_path / "quiet.flac", 0.01 * np.sin(np.arange(8000, dtype=np.float32) / 5), 16000)
     command = ["transcribe", "--url", server.grpc_url, "--max-new-tokens", str(MAX_NEW), "--concurrency", "2"]
 
     assert main([*command, str(tmp_path)]) == 1

@@ -6,12 +6,23 @@ counted), Triton's cumulative statistics read, one timed pass over the whole set
 in flight, statistics read again; the pass's share is the difference. RTFx = audio seconds of the clips
 transcribed / wall seconds from the first send to the last reply. `run_benchmark` returns the report as
 plain JSON-ready data; `report.py` renders it.
+
+Faults and resume: requests that fail because the server is unavailable or overloaded are retried with
+backoff (`api.RetryPolicy`); a clip that still fails is reported failed with its reason, and every
+utterance is accounted for exactly once per pass. With an `out` folder, each finished request (done or
+failed) is appended at once to `out/partial.jsonl` (a header line naming the data set, then one line
+per utterance per concurrency level). Run again with the same folder and data set, the bench resumes:
+utterances already done at a level are not sent again; the failed ones are. RTFx and latency then cover
+only the requests timed in this run; WER covers every done utterance. A run that ends with nothing
+failed removes the partial file (the report holds it all); `fresh` discards an old one first.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime
+import hashlib
+import json
 import os
 import platform
 import shutil
@@ -23,11 +34,13 @@ from pathlib import Path
 import numpy as np
 
 from ..audio import SAMPLE_RATE, duration, load_audio
-from .api import MODEL, AsyncTranscriptionClient, Transcription
+from .api import MODEL, AsyncTranscriptionClient, RetriesExhausted, RetryPolicy, Transcription, status_of
 from .manifest import Utterance
 from .metrics import NORMALIZER, PERCENTILE_METHOD, WordErrors, corpus_errors, percentiles, rtfx, word_errors
 
 SCHEMA = "canary-trt-bench/1"
+PARTIAL_NAME = "partial.jsonl"
+PARTIAL_SCHEMA = "canary-trt-bench-partial/1"
 DEFAULT_WARMUP = 8
 TRITON_DURATIONS = ("queue", "compute_input", "compute_infer", "compute_output")
 
@@ -40,6 +53,28 @@ class Clip:
     error: str | None = None
 
 
+class Failure(str):
+    """Why a clip failed (the text), and `kind`: unreadable, unavailable, overloaded, invalid input,
+    server error or client error."""
+
+    kind: str = "error"
+
+    def __new__(cls, text: str, kind: str):
+        failure = super().__new__(cls, text)
+        failure.kind = kind
+        return failure
+
+
+def failure(error: BaseException) -> Failure:
+    text = f"{type(error).__name__}: {error}"
+    if isinstance(error, RetriesExhausted):
+        return Failure(text, "overloaded" if error.overload else "unavailable")
+    status = status_of(error)
+    if status == "StatusCode.INVALID_ARGUMENT":
+        return Failure(text, "invalid input")
+    return Failure(text, "server error" if status else "client error")
+
+
 def run_benchmark(
     url: str,
     utterances: list[Utterance],
@@ -48,13 +83,80 @@ def run_benchmark(
     max_new_tokens: int | None = None,
     source: str = "",
     model: str = MODEL,
+    out: str | Path | None = None,
+    fresh: bool = False,
+    retry: RetryPolicy | None = None,
 ) -> dict:
+    """`out`: the folder for `partial.jsonl` (None: no partial results, no resume)."""
     if not utterances:
         raise ValueError("nothing to benchmark: the data set is empty")
     if not concurrency or min(concurrency) < 1 or warmup < 0:
         raise ValueError("concurrency levels must be at least 1 and --warmup at least 0")
+    partial = PartialResults(Path(out) / PARTIAL_NAME, fingerprint(utterances, max_new_tokens, model), fresh) \
+        if out is not None else None  # fmt: skip
     clips = decode(utterances)
-    return asyncio.run(_benchmark(url, clips, concurrency, warmup, max_new_tokens, source, model))
+    report = asyncio.run(_benchmark(url, clips, concurrency, warmup, max_new_tokens, source, model, partial,
+                                    retry or RetryPolicy()))  # fmt: skip
+    if partial is not None and not any(p["failed"] for p in report["passes"]):
+        partial.path.unlink(missing_ok=True)  # complete: the report holds everything
+    return report
+
+
+def fingerprint(utterances: list[Utterance], max_new_tokens: int | None, model: str) -> dict:
+    """What a partial file must match to be resumed: the same clips and references, in the same order,
+    the same token limit and model."""
+    digest = hashlib.sha256(json.dumps([[str(u.audio), u.text] for u in utterances]).encode("utf-8")).hexdigest()
+    return {"schema": PARTIAL_SCHEMA, "dataset_sha256": digest, "utterances": len(utterances),
+            "max_new_tokens": max_new_tokens, "model": model}  # fmt: skip
+
+
+class PartialResults:
+    """`partial.jsonl`: a header line (the fingerprint), then one JSON line per finished request:
+    {concurrency, index, audio, status: done|failed, hypothesis, token_ids, audio_seconds, latency_seconds,
+    error, error_kind}. Lines are appended and flushed as requests finish; a torn last line is ignored.
+    For each (concurrency, index) the last line counts."""
+
+    def __init__(self, path: Path, header: dict, fresh: bool = False):
+        self.path, self.header = Path(path), header
+        self.rows: dict[tuple[int, int], dict] = {}
+        if self.path.is_file() and not fresh:
+            self._load()
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps(header) + "\n", encoding="utf-8")
+
+    def _load(self) -> None:
+        lines = self.path.read_text(encoding="utf-8").splitlines()
+        try:
+            header = json.loads(lines[0]) if lines else None
+        except json.JSONDecodeError:
+            header = None
+        if header != self.header:
+            raise ValueError(f"{self.path} holds partial results of another data set, model or --max-new-tokens: "
+                             "run with --fresh to discard them, or use another --out")  # fmt: skip
+        for line in lines[1:]:
+            try:
+                row = json.loads(line)
+                self.rows[(int(row["concurrency"]), int(row["index"]))] = row
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                continue  # a line torn by a crash mid-write: that request is simply sent again
+
+    def done(self, level: int) -> dict[int, dict]:
+        return {index: row for (lv, index), row in self.rows.items() if lv == level and row["status"] == "done"}
+
+    def append(self, level: int, clip: Clip, outcome: "Transcription | str") -> None:
+        row = {"concurrency": level, "index": clip.index, "audio": str(clip.utterance.audio)}
+        if isinstance(outcome, Transcription):
+            row |= {"status": "done", "hypothesis": outcome.text, "token_ids": outcome.token_ids,
+                    "audio_seconds": outcome.audio_seconds, "latency_seconds": outcome.latency_seconds,
+                    "error": None, "error_kind": None}  # fmt: skip
+        else:
+            row |= {"status": "failed", "hypothesis": None, "token_ids": None, "audio_seconds": None,
+                    "latency_seconds": None, "error": str(outcome), "error_kind": getattr(outcome, "kind", "error")}
+        self.rows[(level, clip.index)] = row
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.flush()
 
 
 def decode(utterances: list[Utterance]) -> list[Clip]:
@@ -66,22 +168,29 @@ def decode(utterances: list[Utterance]) -> list[Clip]:
         try:
             clips.append(Clip(index, u, load_audio(u.audio)))
         except (OSError, ValueError) as e:  # AudioError is a ValueError; unreadable files are OSErrors
-            clips.append(Clip(index, u, None, str(e)))
+            clips.append(Clip(index, u, None, Failure(str(e), "unreadable")))
     return clips
 
 
-async def _benchmark(url, clips, levels, warmup, max_new_tokens, source, model) -> dict:
+async def _benchmark(url, clips, levels, warmup, max_new_tokens, source, model, partial=None, retry=None) -> dict:
     started = datetime.datetime.now(datetime.timezone.utc)
-    async with AsyncTranscriptionClient(url, model) as control:  # metadata and statistics only
+    async with AsyncTranscriptionClient(url, model, retry=retry) as control:  # metadata and statistics only
         server = await describe_server(control, url)
         passes = []
         for level in levels:
-            async with AsyncTranscriptionClient(url, model, concurrency=level) as client:
-                await _warm_up(client, clips, warmup, max_new_tokens)
-                before = await control.triton.get_inference_statistics(as_json=True)
-                wall, outcomes = await _timed_pass(client, clips, max_new_tokens, f"concurrency {level}")
-                after = await control.triton.get_inference_statistics(as_json=True)
-            passes.append(summarize_pass(level, warmup, wall, clips, outcomes, statistics_delta(before, after)))
+            earlier = partial.done(level) if partial else {}
+            resumed = {index: _transcription(row) for index, row in earlier.items()}
+            pending = [c for c in clips if c.samples is not None and c.index not in resumed]
+            async with AsyncTranscriptionClient(url, model, concurrency=level, retry=retry) as client:
+                if pending:
+                    await _warm_up(client, clips, warmup, max_new_tokens)
+                before = await _statistics(control)
+                wall, outcomes = await _timed_pass(client, clips, max_new_tokens, f"concurrency {level}",
+                                                   resumed, partial, level)  # fmt: skip
+                after = await _statistics(control)
+            triton = statistics_delta(before, after) if before is not None and after is not None else {}
+            passes.append(summarize_pass(level, warmup if pending else 0, wall, clips, outcomes, triton,
+                                         resumed=set(resumed)))  # fmt: skip
     readable = [c for c in clips if c.samples is not None]
     return {
         "schema": SCHEMA,
@@ -100,14 +209,34 @@ async def _benchmark(url, clips, levels, warmup, max_new_tokens, source, model) 
             "max_new_tokens": max_new_tokens,  # None: the server's default
             "wer": f"corpus level: total errors / total reference words of the transcribed clips; both sides "
             f"normalized by {NORMALIZER}, aligned by jiwer",
-            "rtfx": "audio seconds of the transcribed clips / wall seconds from the first send to the last reply",
-            "latency": "per request, send -> reply, seconds",
+            "rtfx": "audio seconds of the clips transcribed in this run / wall seconds from this run's first send "
+            "to its last reply (a resumed pass: the requests timed in this run only; none sent: no RTFx)",
+            "latency": "per request, send -> reply of the attempt that succeeded, seconds; requests timed in "
+            "this run only",
             "percentiles": PERCENTILE_METHOD,
             "triton": "get_inference_statistics after minus before the timed pass; ms are per request "
             "(ns / count); batch_size_histogram counts executions per batch size",
+            "retries": (lambda r: f"server unavailable or overloaded: up to {r.attempts} attempts, pauses "
+                        f"{', '.join(f'{d:g}' for d in r.delays()) or 'none'} s; other errors are not retried")(
+                retry or RetryPolicy()),  # fmt: skip
+            "accounting": "each utterance once per pass: done (resumed: done in an earlier run, read from "
+            f"{PARTIAL_NAME}, not sent again) or failed with its reason",
         },
         "passes": passes,
     }
+
+
+async def _statistics(control) -> dict | None:
+    """Triton's cumulative statistics, or None when the server cannot say (e.g. it died mid-pass)."""
+    try:
+        return await control.triton.get_inference_statistics(as_json=True)
+    except Exception:
+        return None
+
+
+def _transcription(row: dict) -> Transcription:
+    return Transcription(row["hypothesis"], list(row["token_ids"]), float(row["audio_seconds"]),
+                         float(row["latency_seconds"]))  # fmt: skip
 
 
 async def _warm_up(client, clips, requests, max_new_tokens) -> None:
@@ -120,43 +249,62 @@ async def _warm_up(client, clips, requests, max_new_tokens) -> None:
                                      return_exceptions=True)  # fmt: skip
 
 
-async def _timed_pass(client, clips, max_new_tokens, label) -> tuple[float, list[Transcription | str]]:
-    """One request per readable clip, all queued at once (the client bounds those in flight).
-    Returns the wall time and, per clip, its transcription or the reason it failed."""
+async def _timed_pass(client, clips, max_new_tokens, label, resumed=None, partial=None, level=0):
+    """One request per readable clip not in `resumed`, all queued at once (the client bounds those in
+    flight); each finished one is appended to `partial` at once. Returns the wall time (0.0: nothing sent)
+    and, per clip, its transcription or the reason it failed."""
     from tqdm import tqdm
 
-    readable = [c for c in clips if c.samples is not None]
-    with tqdm(total=len(readable), desc=label, unit="clip", disable=None) as progress:
+    resumed = resumed or {}
+    pending = [c for c in clips if c.samples is not None and c.index not in resumed]
+    if partial is not None:
+        for clip in clips:
+            if clip.samples is None and (level, clip.index) not in partial.rows:
+                partial.append(level, clip, clip.error)
+    with tqdm(total=len(pending), desc=label, unit="clip", disable=None) as progress:
 
         async def one(clip: Clip):
             try:
-                return await client.transcribe(clip.samples, sample_rate=SAMPLE_RATE, max_new_tokens=max_new_tokens)
+                outcome = await client.transcribe(clip.samples, sample_rate=SAMPLE_RATE,
+                                                  max_new_tokens=max_new_tokens)  # fmt: skip
             except Exception as e:  # a server error or timeout fails this clip, not the pass
-                return f"{type(e).__name__}: {e}"
-            finally:
-                progress.update()
+                outcome = failure(e)
+            if partial is not None:
+                partial.append(level, clip, outcome)
+            progress.update()
+            return outcome
 
         start = time.perf_counter()
-        results = await asyncio.gather(*(one(c) for c in readable))
-        wall = time.perf_counter() - start
-    by_index = {c.index: r for c, r in zip(readable, results)}
+        results = await asyncio.gather(*(one(c) for c in pending))
+        wall = time.perf_counter() - start if pending else 0.0
+    by_index = {**resumed, **{c.index: r for c, r in zip(pending, results)}}
     return wall, [by_index.get(c.index, c.error) for c in clips]
 
 
-def summarize_pass(level, warmup, wall, clips, outcomes, triton) -> dict:
+def summarize_pass(level, warmup, wall, clips, outcomes, triton, resumed=frozenset()) -> dict:
+    """`resumed`: indices done in an earlier run; their WER counts, their timing does not."""
     done = [(clip, outcome) for clip, outcome in zip(clips, outcomes) if isinstance(outcome, Transcription)]
+    timed = [outcome for clip, outcome in done if clip.index not in resumed]
     errors = {clip.index: word_errors(clip.utterance.text, outcome.text) for clip, outcome in done}
-    audio_seconds = sum(outcome.audio_seconds for _, outcome in done)
-    latencies = [outcome.latency_seconds for _, outcome in done]
+    audio_seconds = sum(outcome.audio_seconds for outcome in timed)
+    latencies = [outcome.latency_seconds for outcome in timed]
     corpus = corpus_errors(list(errors.values()))
+    failed = [o for o in outcomes if not isinstance(o, Transcription)]
+    reasons: dict[str, int] = {}
+    for o in failed:
+        kind = getattr(o, "kind", "error")
+        reasons[kind] = reasons.get(kind, 0) + 1
     return {
         "concurrency": level,
         "warmup_requests": warmup,
         "done": len(done),
-        "failed": len(clips) - len(done),
+        "failed": len(failed),
+        "resumed": len(done) - len(timed),
+        "sent": sum(1 for c in clips if c.samples is not None and c.index not in resumed),
+        "failed_by_kind": dict(sorted(reasons.items())),
         "wall_seconds": round(wall, 4),
         "audio_seconds": round(audio_seconds, 3),
-        "rtfx": round(rtfx(audio_seconds, wall), 3),
+        "rtfx": round(rtfx(audio_seconds, wall), 3) if wall > 0 else None,
         "latency_seconds": {
             **{k: _round(v) for k, v in percentiles(latencies).items()},
             "mean": _round(float(np.mean(latencies)) if latencies else None),
@@ -164,20 +312,22 @@ def summarize_pass(level, warmup, wall, clips, outcomes, triton) -> dict:
         },
         "wer": {"wer": corpus.wer, **_errors_dict(corpus)},
         "triton": triton,
-        "utterances": [_utterance_row(c, o, errors.get(c.index)) for c, o in zip(clips, outcomes)],
+        "utterances": [_utterance_row(c, o, errors.get(c.index), c.index in resumed) for c, o in zip(clips, outcomes)],
     }
 
 
-def _utterance_row(clip: Clip, outcome: Transcription | str, errors: WordErrors | None) -> dict:
+def _utterance_row(clip: Clip, outcome: Transcription | str, errors: WordErrors | None, resumed=False) -> dict:
     row = {"index": clip.index, "audio": str(clip.utterance.audio), "reference": clip.utterance.text}
     if isinstance(outcome, Transcription):
         return {
-            **row, "status": "done", "error": None, "hypothesis": outcome.text,
+            **row, "status": "done", "error": None, "error_kind": None, "resumed": resumed,
+            "hypothesis": outcome.text, "token_ids": outcome.token_ids,
             "audio_seconds": round(outcome.audio_seconds, 3), "latency_seconds": _round(outcome.latency_seconds),
             "generated_tokens": len(outcome.token_ids), "word_errors": _errors_dict(errors),
         }  # fmt: skip
-    return {**row, "status": "failed", "error": outcome, "hypothesis": None, "audio_seconds": None,
-            "latency_seconds": None, "generated_tokens": None, "word_errors": None}  # fmt: skip
+    return {**row, "status": "failed", "error": str(outcome), "error_kind": getattr(outcome, "kind", "error"),
+            "resumed": False, "hypothesis": None, "token_ids": None, "audio_seconds": None, "latency_seconds": None,
+            "generated_tokens": None, "word_errors": None}  # fmt: skip
 
 
 def _errors_dict(errors: WordErrors) -> dict:

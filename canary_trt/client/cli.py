@@ -37,7 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     be.add_argument("--concurrency", type=_levels, default=[1, 8, 32], help="comma-separated levels (default 1,8,32)")
     be.add_argument("--warmup", type=int, default=DEFAULT_WARMUP,
                     help=f"untimed requests before each level (default {DEFAULT_WARMUP})")  # fmt: skip
-    be.add_argument("--out", type=Path, default=Path("bench-report"), help="report folder (default ./bench-report)")
+    be.add_argument("--out", type=Path, default=Path("bench-report"),
+                    help="report folder (default ./bench-report); finished requests are appended to its "
+                    "partial.jsonl as they come, and a rerun with the same folder and data set resumes")  # fmt: skip
+    be.add_argument("--fresh", action="store_true", help="discard partial results left in --out; start over")
     be.set_defaults(run=_bench)
 
     lv = commands.add_parser("manifest-librivox", help="write a NeMo manifest of Debian's LibriVox test clips")
@@ -59,6 +62,26 @@ def main(argv: list[str] | None = None) -> int:
 def _add_server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", default="127.0.0.1:8001", help="Triton's gRPC endpoint (default 127.0.0.1:8001)")
     parser.add_argument("--max-new-tokens", type=_positive, help="generated tokens at most (default: the server's, 128)")
+    parser.add_argument("--attempts", type=_positive, default=5,
+                        help="tries per request while the server is unavailable or overloaded (default 5)")
+    parser.add_argument("--backoff", type=_seconds, default=0.5,
+                        help="first pause between tries, doubling each time, at most 8 s (default 0.5)")
+
+
+def _retry(args):
+    from .api import RetryPolicy
+
+    return RetryPolicy(attempts=args.attempts, initial=args.backoff)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
+    return value
 
 
 def _positive(text: str) -> int:
@@ -84,7 +107,7 @@ def _transcribe(args) -> int:
         raise ValueError(f"no wav/flac/ogg files in {' '.join(map(str, args.audio))}")
 
     async def run():
-        async with AsyncTranscriptionClient(args.url, concurrency=args.concurrency) as client:
+        async with AsyncTranscriptionClient(args.url, concurrency=args.concurrency, retry=_retry(args)) as client:
             if not await client.triton.is_model_ready(client.model):  # one clear error, not one per file
                 raise ValueError(f"the Triton server at {args.url} has no ready model {client.model!r}")
             return await client.transcribe_many(paths, prompt=args.prompt, max_new_tokens=args.max_new_tokens,
@@ -123,14 +146,24 @@ def _bench(args) -> int:
 
     utterances = read_manifest(args.manifest) if args.manifest else read_audio_dir(args.audio_dir)
     source = str(args.manifest or args.audio_dir)
-    report = run_benchmark(args.url, utterances, args.concurrency, args.warmup, args.max_new_tokens, source)
+    report = run_benchmark(args.url, utterances, args.concurrency, args.warmup, args.max_new_tokens, source,
+                           out=args.out, fresh=args.fresh, retry=_retry(args))  # fmt: skip
     written = write_report(report, args.out)
     rows = summary_rows(report)
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.rjust(width) for cell, width in zip(row, widths)))
     print("wrote " + ", ".join(str(path) for path in written))
-    return 1 if any(p["failed"] for p in report["passes"]) else 0
+    for p in report["passes"]:
+        print(f"concurrency {p['concurrency']}: {len(p['utterances'])} utterances, {p['done']} done "
+              f"({p['resumed']} resumed, {p['sent']} sent), {p['failed']} failed")  # fmt: skip
+    if any(p["failed"] for p in report["passes"]):
+        from .bench import PARTIAL_NAME
+
+        print(f"some utterances failed: run again with --out {args.out} to resume (done ones are kept in "
+              f"{args.out / PARTIAL_NAME})", file=sys.stderr)  # fmt: skip
+        return 1
+    return 0
 
 
 def _manifest_librivox(args) -> None:

@@ -24,7 +24,7 @@ def summary_rows(report: dict) -> list[list[str]]:
         latency = p["latency_seconds"]
         rows.append([
             str(p["concurrency"]), str(p["done"]), str(p["failed"]), f"{p['wall_seconds']:.2f}",
-            f"{p['audio_seconds']:.2f}", f"{p['rtfx']:.2f}", *(_ms(latency[k]) for k in ("p50", "p90", "p99")),
+            f"{p['audio_seconds']:.2f}", _number(p["rtfx"]), *(_ms(latency[k]) for k in ("p50", "p90", "p99")),
             _percent(p["wer"]["wer"]),
         ])  # fmt: skip
     return rows
@@ -53,9 +53,17 @@ def markdown(report: dict) -> str:
         f"- RTFx: {method['rtfx']}.",
         f"- Latency: {method['latency']}; percentiles: {method['percentiles']}.",
         f"- Triton: {method['triton']}.",
+        *([f"- Retries: {method['retries']}."] if "retries" in method else []),
+        *([f"- Accounting: {method['accounting']}."] if "accounting" in method else []),
     ]
     for p in report["passes"]:
-        lines += ["", f"## Concurrency {p['concurrency']}", "", *_triton_table(p["triton"])]
+        lines += ["", f"## Concurrency {p['concurrency']}", ""]
+        if "resumed" in p:
+            kinds = ", ".join(f"{kind} {n}" for kind, n in p.get("failed_by_kind", {}).items())
+            lines += [f"Accounting: {len(p['utterances'])} utterances, each once: {p['done']} done "
+                      f"({p['resumed']} resumed from an earlier run, {p['sent']} sent in this run), "
+                      f"{p['failed']} failed" + (f" ({kinds})" if kinds else "") + ".", ""]  # fmt: skip
+        lines += _triton_table(p["triton"])
         failed = [u for u in p["utterances"] if u["status"] == "failed"]
         if failed:
             lines += ["", "Failed:", "", *(f"- `{u['audio']}`: {u['error']}" for u in failed)]
@@ -119,7 +127,8 @@ def plot(passes: list[dict], path: Path) -> None:
     p90 = [p["latency_seconds"]["p90"] for p in passes]
     p90_ms = [float("nan") if seconds is None else seconds * 1000 for seconds in p90]  # nan: no point drawn
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
-    for axis, values, label in ((left, [p["rtfx"] for p in passes], "RTFx (audio s / wall s)"),
+    rtfx = [float("nan") if p["rtfx"] is None else p["rtfx"] for p in passes]
+    for axis, values, label in ((left, rtfx, "RTFx (audio s / wall s)"),
                                 (right, p90_ms, "p90 latency (ms)")):  # fmt: skip
         axis.plot(levels, values, marker="o")
         axis.set_xscale("log", base=2)

@@ -18,20 +18,31 @@ MAX_NEW_TOKENS_DEFAULT = 128
 # gather concurrent requests costs little next to seconds of decoding. GPU: in-flight batching needs none.
 QUEUE_DELAY_US = {"cpu": 20_000, "gpu": 1_000}
 CPU_MAX_BATCH = 32
+# Bounded queues (every model's dynamic batcher; the ensemble has none): requests beyond max_queue_size
+# waiting, or waiting longer than the timeout, are rejected with an explicit error. CPU: two full decoder
+# batches may wait, and a few minutes of waiting is the most a CPU client should see. GPU: in-flight
+# batching drains far faster; a deeper queue, a shorter wait.
+MAX_QUEUE_SIZE = {"cpu": 64, "gpu": 1024}
+QUEUE_TIMEOUT_US = {"cpu": 300_000_000, "gpu": 120_000_000}
+MAX_AUDIO_SECONDS_DEFAULT = 40.0  # the model's training clips are at most 40 s (GPU: the preset's)
 
 
 def templates() -> Path:
     return Path(str(resources.files("canary_trt") / "model_repository"))
 
 
-def values_for(manifest: dict, build: Path) -> dict[str, str]:
-    """Every placeholder's value, from the build manifest."""
+def values_for(manifest: dict, build: Path, overrides: dict | None = None) -> dict[str, str]:
+    """Every placeholder's value, from the build manifest; `overrides` replace any of them (e.g. a tiny
+    max_queue_size for an overload test)."""
     flavour = manifest["target"]
     values = {
         "build_dir": str(build.resolve()),
         "hidden_size": manifest["hidden_size"],
         "queue_delay_us": QUEUE_DELAY_US[flavour],
         "max_new_tokens": MAX_NEW_TOKENS_DEFAULT,
+        "max_queue_size": MAX_QUEUE_SIZE[flavour],
+        "queue_timeout_us": QUEUE_TIMEOUT_US[flavour],
+        "max_audio_seconds": manifest.get("max_audio_seconds", MAX_AUDIO_SECONDS_DEFAULT),
         # CPU: the python stub runs this venv's packages. GPU: the container's own Python (install the
         # package there), so no environment parameter at all.
         "python_env": "" if flavour == "gpu" else
@@ -44,13 +55,18 @@ def values_for(manifest: dict, build: Path) -> dict[str, str]:
         values.update(max_batch_size=manifest["max_batch_size"], encoder_max_batch_size=manifest["encoder_max_batch_size"],
                       llm_engine_dir=str((build / manifest["llm_engine"]).resolve()),
                       kv_cache_free_gpu_mem_fraction=manifest["kv_cache_free_gpu_mem_fraction"])  # fmt: skip
+    unknown = set(overrides or {}) - set(values)
+    if unknown:
+        raise ValueError(f"no such template value: {', '.join(sorted(unknown))}")
+    values.update(overrides or {})
     return {k: str(v) for k, v in values.items()}
 
 
-def write_model_repository(build: Path, manifest: dict) -> Path:
+def write_model_repository(build: Path, manifest: dict, overrides: dict | None = None, out: Path | None = None) -> Path:
+    """Fill the templates into `out` (default BUILD/model_repository), replaced if it exists."""
     flavour = manifest["target"]
-    values = values_for(manifest, build)
-    out = build / REPOSITORY
+    values = values_for(manifest, build, overrides)
+    out = Path(out) if out is not None else build / REPOSITORY
     if out.exists():
         shutil.rmtree(out)
     for layer in LAYERS[flavour]:

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..decoding import splice_fake_ids
 from ..tokenizer import DEFAULT_INSTRUCTION, asr_prompt_ids, eos_id, load_tokenizer, pad_id, placeholder_id
-from .triton import BadRequest, build_manifest, parameters, per_request, tensor
+from .triton import BadRequest, build_manifest, guarded, parameters, per_request, tensor
 
 MAX_PROMPT_BYTES = 2000
 
@@ -34,7 +34,7 @@ class TritonPythonModel:
             raise BadRequest(f"PROMPT: {e}") from None
 
     def execute(self, requests):
-        return per_request(requests, self.handle)
+        return guarded("adapter", requests, lambda batch: per_request(batch, self.handle, "adapter"))
 
     def handle(self, request) -> dict[str, np.ndarray]:
         embeddings, lengths = tensor(request, "audio_embeddings"), tensor(request, "audio_lengths")[:, 0]
@@ -62,10 +62,14 @@ class TritonPythonModel:
 
 
 def _text(value) -> str:
+    """The request's instruction: plain text only (never a path: nothing is opened from it)."""
     raw = value if isinstance(value, bytes) else str(value).encode()
     if len(raw) > MAX_PROMPT_BYTES:
-        raise BadRequest(f"PROMPT is {len(raw)} bytes; the limit is {MAX_PROMPT_BYTES}")
+        raise BadRequest(f"PROMPT too long: {len(raw)} bytes; the limit is {MAX_PROMPT_BYTES} bytes")
     try:
-        return raw.decode("utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise BadRequest("PROMPT is not valid UTF-8") from None
+    if not text.strip():
+        raise BadRequest("PROMPT is empty (no text): send an instruction or leave PROMPT out for the default")
+    return text

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..decoding import GreedyDecoder, Request
-from .triton import BadRequest, build_manifest, error, parameters, respond, tensor
+from .triton import BadRequest, build_manifest, error, guarded, internal_error, parameters, respond, tensor
 
 
 class TritonPythonModel:
@@ -17,6 +17,9 @@ class TritonPythonModel:
         self.decoder = GreedyDecoder(build / manifest["decoder"], build / manifest["embeddings"], threads)
 
     def execute(self, requests):
+        return guarded("decoder", requests, self._execute)
+
+    def _execute(self, requests):
         work, owners, responses = [], [], [None] * len(requests)
         for index, request in enumerate(requests):
             try:
@@ -25,7 +28,17 @@ class TritonPythonModel:
                     owners.append(index)
             except BadRequest as e:
                 responses[index] = error(str(e))
-        generated = self.decoder.generate(work) if work else []
+            except Exception as e:  # a bug, not the client's fault: this request only
+                responses[index] = internal_error("decoder", e)[0]
+        if not work:
+            return responses
+        try:
+            generated = self.decoder.generate(work)
+        except Exception as e:  # ONNX Runtime failed: every request of this run gets the error
+            served = sorted(set(owners))
+            for index, response in zip(served, internal_error("decoder", e, len(served))):
+                responses[index] = response
+            return responses
         for index in set(owners):
             mine = [ids for ids, owner in zip(generated, owners) if owner == index]
             end = work[owners.index(index)].end_id

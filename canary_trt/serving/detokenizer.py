@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..tokenizer import decode, eos_id, load_tokenizer, pad_id
-from .triton import build_manifest, per_request, tensor
+from .triton import build_manifest, guarded, per_request, tensor
 
 
 class TritonPythonModel:
@@ -15,7 +15,7 @@ class TritonPythonModel:
         self.eos_id, self.pad_id = eos_id(self.tokenizer), pad_id(self.tokenizer)
 
     def execute(self, requests):
-        return per_request(requests, self.handle)
+        return guarded("detokenizer", requests, lambda batch: per_request(batch, self.handle, "detokenizer"))
 
     def handle(self, request) -> dict[str, np.ndarray]:
         output_ids, lengths = tensor(request, "output_ids"), tensor(request, "sequence_length")

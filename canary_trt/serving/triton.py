@@ -1,8 +1,14 @@
-"""Small helpers over triton_python_backend_utils shared by the models."""
+"""Small helpers over triton_python_backend_utils shared by the models.
+
+Every `execute` returns exactly one response per request, in order: a request's own bad input
+(`BadRequest`) and any unexpected failure (ONNX Runtime, a bug) become that request's error response,
+never an exception escaping `execute` (the python backend would then fail the whole batch at once).
+"""
 
 from __future__ import annotations
 
 import json
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +27,8 @@ def parameters(args: dict) -> dict[str, str]:
 
 
 def build_manifest(args: dict) -> tuple[Path, dict]:
+    # build_dir comes from the model config written by `canary-trt export`; no file is ever opened from
+    # request data in any model.
     build = Path(parameters(args)["build_dir"])
     return build, read_manifest(build)
 
@@ -42,7 +50,20 @@ def error(message: str):
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
 
 
-def per_request(requests, handle) -> list:
+def internal_error(model: str, exc: BaseException, count: int = 1) -> list:
+    """An unexpected failure: logged once with its traceback, answered as `count` explicit errors."""
+    log_error(f"{model}: {''.join(traceback.format_exception(exc)).rstrip()}")
+    return [error(f"{model}: internal error: {type(exc).__name__}: {exc}") for _ in range(count)]
+
+
+def log_error(message: str) -> None:
+    try:
+        pb_utils.Logger.log_error(message)
+    except Exception:  # an older stub without the logger, or no stub at all
+        pass
+
+
+def per_request(requests, handle, model: str) -> list:
     """One response per request: handle(request) -> outputs, or the request's own error."""
     responses = []
     for request in requests:
@@ -50,4 +71,19 @@ def per_request(requests, handle) -> list:
             responses.append(respond(handle(request)))
         except BadRequest as e:
             responses.append(error(str(e)))
+        except Exception as e:
+            responses += internal_error(model, e)
     return responses
+
+
+def guarded(model: str, requests, execute) -> list:
+    """execute(requests) -> responses, checked to hold exactly one response per request; if it raises,
+    or leaves a request unanswered, those requests get an explicit internal error instead."""
+    try:
+        responses = list(execute(requests))
+    except Exception as e:
+        return internal_error(model, e, len(requests))
+    if len(responses) != len(requests):
+        log_error(f"{model}: {len(responses)} responses for {len(requests)} requests")
+        responses = (responses + [None] * len(requests))[: len(requests)]
+    return [r if r is not None else error(f"{model}: internal error: request left unanswered") for r in responses]
