@@ -7,7 +7,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from canary_trt.export.build import export
 
-MODELS = {"encoder", "adapter", "decoder", "detokenizer", "canary_qwen"}
+MODELS = {"audio_check", "encoder", "adapter", "decoder", "detokenizer", "canary_qwen"}
 PUBLIC_INPUTS = {"WAV": (mc.TYPE_FP32, [-1]), "WAV_LENS": (mc.TYPE_INT32, [1]),
                  "PROMPT": (mc.TYPE_STRING, [1]), "MAX_NEW_TOKENS": (mc.TYPE_INT32, [1])}  # fmt: skip
 PUBLIC_OUTPUTS = {"TRANSCRIPT": (mc.TYPE_STRING, [1]), "TOKEN_IDS": (mc.TYPE_INT32, [-1])}
@@ -97,12 +97,14 @@ def test_gpu_flavour_specifics(gpu_repository, tiny_checkpoint):
     assert params["exclude_input_in_output"] == "true" and params["enable_kv_cache_reuse"] == "false"
     assert params["gpt_model_path"].endswith("trtllm_engine")
     assert decoder.max_batch_size == 256
-    for name in ("adapter", "detokenizer"):  # the container's own Python, not this machine's venv
+    assert configs["audio_check"].backend == "python"  # bad audio is refused before the TensorRT engine
+    for name in ("audio_check", "adapter", "detokenizer"):  # the container's own Python, not this machine's venv
         assert "EXECUTION_ENV_PATH" not in configs[name].parameters
 
 
 def test_cpu_flavour_specifics(cpu_build):
     configs = load(cpu_build / "model_repository")
+    assert configs["audio_check"].backend == "python"
     for name in ("encoder", "adapter", "decoder", "detokenizer"):
         assert configs[name].backend == "python"
         assert configs[name].parameters["build_dir"].string_value == str(cpu_build.resolve())

@@ -33,7 +33,7 @@ GPU_PRECISION = {  # --precision -> preset fields
     "int8": {"encoder_precision": "fp16", "llm_quantization": "int8_wo"},
 }
 DEFAULT_PRESET = "h100"
-MODELS = ("encoder", "adapter", "decoder", "detokenizer", "canary_qwen")
+MODELS = ("audio_check", "encoder", "adapter", "decoder", "detokenizer", "canary_qwen")
 
 
 @dataclass
