@@ -14,6 +14,16 @@ from .tokenizer import eos_id, load_tokenizer, placeholder_id
 from .transcribe import MAX_NEW_TOKENS
 
 
+def encode(session: ort.InferenceSession, waveforms: list[np.ndarray]) -> list[np.ndarray]:
+    """encoder.onnx over the clips as one zero-padded batch -> each clip's own [T', H] embedding rows."""
+    lengths = np.array([len(w) for w in waveforms], dtype=np.int32)
+    batch = np.zeros((len(waveforms), lengths.max()), dtype=np.float32)
+    for i, w in enumerate(waveforms):
+        batch[i, : len(w)] = w
+    embeddings, rows = session.run(None, {"WAV": batch, "WAV_LENS": lengths})
+    return [e[:n] for e, n in zip(embeddings, rows)]
+
+
 class OnnxPipeline:
     def __init__(self, build: str | Path, threads: int | None = None, exact: bool = False):
         """exact: run the fp32 graphs of an int8 build (they are kept beside the int8 ones)."""
@@ -33,12 +43,7 @@ class OnnxPipeline:
         self.vocab_size = manifest["vocab_size"]
 
     def embed_audio(self, waveforms: list[np.ndarray]) -> list[np.ndarray]:
-        lengths = np.array([len(w) for w in waveforms], dtype=np.int32)
-        batch = np.zeros((len(waveforms), lengths.max()), dtype=np.float32)
-        for i, w in enumerate(waveforms):
-            batch[i, : len(w)] = w
-        embeddings, rows = self.encoder.run(None, {"WAV": batch, "WAV_LENS": lengths})
-        return [e[:n] for e, n in zip(embeddings, rows)]
+        return encode(self.encoder, waveforms)
 
     def generate(self, embeddings: list[np.ndarray], prompt_ids: list[int], max_new_tokens: int = MAX_NEW_TOKENS,
                  force_length: bool = False) -> list[list[int]]:  # fmt: skip

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..decoding import GreedyDecoder, Request
-from .triton import BadRequest, build_manifest, error, guarded, internal_error, parameters, respond, tensor
+from .triton import BadRequest, batched, build_manifest, guarded, parameters, tensor
 
 
 class TritonPythonModel:
@@ -17,37 +17,7 @@ class TritonPythonModel:
         self.decoder = GreedyDecoder(build / manifest["decoder"], build / manifest["embeddings"], threads)
 
     def execute(self, requests):
-        return guarded("decoder", requests, self._execute)
-
-    def _execute(self, requests):
-        work, owners, responses = [], [], [None] * len(requests)
-        for index, request in enumerate(requests):
-            try:
-                for item in self.parse(request):
-                    work.append(item)
-                    owners.append(index)
-            except BadRequest as e:
-                responses[index] = error(str(e))
-            except Exception as e:  # a bug, not the client's fault: this request only
-                responses[index] = internal_error("decoder", e)[0]
-        if not work:
-            return responses
-        try:
-            generated = self.decoder.generate(work)
-        except Exception as e:  # ONNX Runtime failed: every request of this run gets the error
-            served = sorted(set(owners))
-            for index, response in zip(served, internal_error("decoder", e, len(served))):
-                responses[index] = response
-            return responses
-        for index in set(owners):
-            mine = [ids for ids, owner in zip(generated, owners) if owner == index]
-            end = work[owners.index(index)].end_id
-            output = np.full((len(mine), 1, max(1, max(map(len, mine)))), end, dtype=np.int32)  # [batch, beam, tokens]
-            for i, ids in enumerate(mine):
-                output[i, 0, : len(ids)] = ids
-            lengths = np.array([[len(ids)] for ids in mine], dtype=np.int32)
-            responses[index] = respond({"output_ids": output, "sequence_length": lengths})
-        return responses
+        return guarded("decoder", requests, lambda batch: batched("decoder", batch, self.parse, self.decoder.generate, _pack))
 
     def parse(self, request) -> list[Request]:
         ids, lengths = tensor(request, "input_ids"), tensor(request, "input_lengths")
@@ -64,3 +34,12 @@ class TritonPythonModel:
                 raise BadRequest(f"input_ids outside the vocabulary and the {limit}-row prompt table")
             items.append(Request(row_ids, table, int(new_tokens[i]), int(end_ids[i])))
         return items
+
+
+def _pack(items: list[Request], generated: list[list[int]]) -> dict[str, np.ndarray]:
+    """The tensorrt_llm backend's outputs: output_ids [batch, beam, tokens] (padded with end_id) and
+    sequence_length [batch, beam]."""
+    output = np.full((len(generated), 1, max(1, max(map(len, generated)))), items[0].end_id, dtype=np.int32)
+    for i, ids in enumerate(generated):
+        output[i, 0, : len(ids)] = ids
+    return {"output_ids": output, "sequence_length": np.array([[len(ids)] for ids in generated], dtype=np.int32)}

@@ -11,8 +11,9 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
+from ..onnx_pipeline import encode
 from .audio_check import check_clips, max_seconds
-from .triton import BadRequest, build_manifest, error, guarded, internal_error, parameters, respond, tensor
+from .triton import batched, build_manifest, guarded, parameters, tensor
 
 
 
@@ -26,35 +27,19 @@ class TritonPythonModel:
         self.max_seconds = max_seconds(args)  # the ensemble checked already; this model may be called directly
 
     def execute(self, requests):
-        return guarded("encoder", requests, self._execute)
+        return guarded("encoder", requests, lambda batch: batched("encoder", batch, self.parse, self.run, _pack))
 
-    def _execute(self, requests):
-        clips, owners, responses = [], [], [None] * len(requests)
-        for index, request in enumerate(requests):
-            try:
-                for clip in check_clips(tensor(request, "WAV"), tensor(request, "WAV_LENS"), self.max_seconds):
-                    clips.append(clip)
-                    owners.append(index)
-            except BadRequest as e:
-                responses[index] = error(str(e))
-            except Exception as e:  # a bug, not the client's fault: this request only
-                responses[index] = internal_error("encoder", e)[0]
-        if not clips:
-            return responses
-        owners = np.array(owners)
-        served = np.unique(owners)
-        try:
-            lengths = np.array([len(c) for c in clips], dtype=np.int32)
-            batch = np.zeros((len(clips), lengths.max()), dtype=np.float32)
-            for i, clip in enumerate(clips):
-                batch[i, : len(clip)] = clip
-            embeddings, rows = self.session.run(None, {"WAV": batch, "WAV_LENS": lengths})
-        except Exception as e:  # ONNX Runtime failed: every request of this run gets the error
-            for index, response in zip(served, internal_error("encoder", e, len(served))):
-                responses[index] = response
-            return responses
-        for index in served:
-            mine = np.nonzero(owners == index)[0]
-            width = rows[mine].max()
-            responses[index] = respond({"audio_embeddings": embeddings[mine, :width], "audio_lengths": rows[mine, None]})
-        return responses
+    def parse(self, request) -> list[np.ndarray]:
+        return check_clips(tensor(request, "WAV"), tensor(request, "WAV_LENS"), self.max_seconds)
+
+    def run(self, clips: list[np.ndarray]) -> list[np.ndarray]:
+        return encode(self.session, clips)
+
+
+def _pack(clips, embeddings) -> dict[str, np.ndarray]:
+    """A request's clips as [b, T'max, H] (zero rows past each clip's length) + their lengths [b, 1]."""
+    lengths = np.array([[len(e)] for e in embeddings], dtype=np.int32)
+    out = np.zeros((len(embeddings), lengths.max(), embeddings[0].shape[1]), dtype=np.float32)
+    for i, e in enumerate(embeddings):
+        out[i, : len(e)] = e
+    return {"audio_embeddings": out, "audio_lengths": lengths}

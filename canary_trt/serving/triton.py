@@ -76,6 +76,37 @@ def per_request(requests, handle, model: str) -> list:
     return responses
 
 
+def batched(model: str, requests, parse, run, pack) -> list:
+    """The dynamic batch as one run: parse(request) -> that request's items (BadRequest, or any failure,
+    answers that request alone), run(all items) -> one result per item (a failure answers every request
+    of the run), pack(a request's items, their results) -> its outputs."""
+    items, owners, responses = [], [], [None] * len(requests)
+    for index, request in enumerate(requests):
+        try:
+            parsed = parse(request)
+        except BadRequest as e:
+            responses[index] = error(str(e))
+            continue
+        except Exception as e:  # a bug, not the client's fault: this request only
+            responses[index] = internal_error(model, e)[0]
+            continue
+        items += parsed
+        owners += [index] * len(parsed)
+    served = sorted(set(owners))
+    if not served:
+        return responses
+    try:
+        results = run(items)
+    except Exception as e:  # ONNX Runtime failed: every request of this run gets the error
+        for index, response in zip(served, internal_error(model, e, len(served))):
+            responses[index] = response
+        return responses
+    for index in served:
+        mine = [i for i, owner in enumerate(owners) if owner == index]
+        responses[index] = respond(pack([items[i] for i in mine], [results[i] for i in mine]))
+    return responses
+
+
 def guarded(model: str, requests, execute) -> list:
     """execute(requests) -> responses, checked to hold exactly one response per request; if it raises,
     or leaves a request unanswered, those requests get an explicit internal error instead."""
