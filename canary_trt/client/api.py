@@ -52,6 +52,14 @@ class RetryPolicy:
         """The pauses between attempts: attempts - 1 of them."""
         return [min(self.initial * self.factor**n, self.max_delay) for n in range(self.attempts - 1)]
 
+    def give_up_unless_retryable(self, error: Exception, attempt: int) -> None:
+        """After failed attempt `attempt`: raise `error` itself if retrying cannot help (e.g. bad input),
+        RetriesExhausted after the last attempt; return to retry."""
+        if not is_retryable(error):
+            raise error
+        if attempt >= self.attempts:
+            raise RetriesExhausted(attempt, error) from error
+
 
 NO_RETRY = RetryPolicy(attempts=1)
 
@@ -135,10 +143,7 @@ class TranscriptionClient:
                                              client_timeout=self.timeout)  # fmt: skip
                 return _result(response, samples, start)
             except Exception as e:
-                if not is_retryable(e):
-                    raise
-                if attempt == self.retry.attempts:
-                    raise RetriesExhausted(attempt, e) from e
+                self.retry.give_up_unless_retryable(e, attempt)
             time.sleep(delays[attempt - 1])
 
     def close(self) -> None:
@@ -186,10 +191,7 @@ class AsyncTranscriptionClient:
                     )
                     return _result(response, samples, start)
                 except Exception as e:
-                    if not is_retryable(e):
-                        raise
-                    if attempt == self.retry.attempts:
-                        raise RetriesExhausted(attempt, e) from e
+                    self.retry.give_up_unless_retryable(e, attempt)
             await asyncio.sleep(delays[attempt - 1])
         raise AssertionError("unreachable")
 
