@@ -94,7 +94,7 @@ def main() -> None:
     rows[f"(c) Triton CPU over gRPC, {decoder}, concurrency {args.batch_size}"] = bench_triton(args.build, waveforms, args)
 
     print(f"\nLibriVox-{len(waveforms)} x {args.tokens}: {audio:.2f} s of audio, {args.threads} threads\n")
-    print(f"| backend | wall s | RTFx | new tokens per clip |\n|---|---|---|---|")
+    print("| backend | wall s | RTFx | new tokens per clip |\n|---|---|---|---|")
     rtfx = {}
     for name, (wall, tokens) in rows.items():
         rtfx[name] = audio / wall

@@ -63,7 +63,7 @@ def main() -> None:
     out = HERE / "results" / "export_full.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\n| stage | wall s | peak RSS GiB |\n|---|---|---|")
+    print("\n| stage | wall s | peak RSS GiB |\n|---|---|---|")
     for stage in ("make_checkpoint", "export"):
         if stage in results:
             print(f"| {stage} | {results[stage]['seconds']} | {results[stage]['peak_rss_gib']} |")

@@ -20,7 +20,6 @@ from canary_trt.client.manifest import (
     librivox_utterances,
     read_audio_dir,
     read_manifest,
-    write_manifest,
 )
 from canary_trt.client.metrics import WordErrors, corpus_errors, normalize, percentiles, rtfx, word_errors
 from canary_trt.client.report import write_report

@@ -2,7 +2,6 @@
 TOKEN_IDS must equal the PyTorch reference's, one request at a time and 16 concurrent mixed lengths."""
 
 import asyncio
-import os
 from pathlib import Path
 
 import pytest
