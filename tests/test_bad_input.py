@@ -53,8 +53,10 @@ def request(wav, lens=None, prompt=None, wav_dtype="FP32", max_new=MAX_NEW):
 
 
 def rejected(client, inputs) -> str:
+    """The refusal's message; it must come as INVALID_ARGUMENT (the request's fault), not INTERNAL."""
     with pytest.raises(InferenceServerException) as info:
         client.infer("canary_qwen", inputs)
+    assert info.value.status() == "StatusCode.INVALID_ARGUMENT", info.value
     return info.value.message()
 
 
@@ -177,6 +179,17 @@ def test_a_path_in_a_request_is_only_text(client, reference, clips):
 
 
 # --- error isolation inside `execute`, without a server: a fake triton_python_backend_utils ----------------
+class _TritonError(str):
+    """The stub's TritonError: a message and a status code (None: INTERNAL)."""
+
+    INVALID_ARG = "INVALID_ARG"
+
+    def __new__(cls, message, code=None):
+        error = super().__new__(cls, message)
+        error.code = code
+        return error
+
+
 class _Response:
     def __init__(self, output_tensors=None, error=None):
         self.outputs = {t.name: t.value for t in output_tensors or []}
@@ -191,7 +204,7 @@ def serving(monkeypatch):
     import types
 
     fake = types.ModuleType("triton_python_backend_utils")
-    fake.TritonError = lambda message: message
+    fake.TritonError = _TritonError
     fake.Tensor = lambda name, value: types.SimpleNamespace(name=name, value=value)
     fake.InferenceResponse = _Response
     fake.get_input_tensor_by_name = lambda request, name: (
@@ -225,6 +238,7 @@ def test_an_onnx_runtime_failure_is_an_error_response_per_request(serving):
     assert [r.error for r in responses] == ["encoder: internal error: RuntimeError: ONNX Runtime exploded",
                                             "audio is all zeros (silence)",
                                             "encoder: internal error: RuntimeError: ONNX Runtime exploded"]  # fmt: skip
+    assert [r.error.code for r in responses] == [None, "INVALID_ARG", None]  # the client's fault only in the middle
 
     decoder = serving.decoder.TritonPythonModel()
     decoder.decoder = _Failing()

@@ -47,7 +47,13 @@ def respond(outputs: dict[str, np.ndarray]):
 
 
 def error(message: str):
+    """An internal failure (gRPC INTERNAL, HTTP 500)."""
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
+
+
+def refusal(bad: BadRequest):
+    """The request's own fault: gRPC INVALID_ARGUMENT (HTTP 400), so clients can tell it from a failure."""
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(bad), pb_utils.TritonError.INVALID_ARG))
 
 
 def internal_error(model: str, exc: BaseException, count: int = 1) -> list:
@@ -70,7 +76,7 @@ def per_request(requests, handle, model: str) -> list:
         try:
             responses.append(respond(handle(request)))
         except BadRequest as e:
-            responses.append(error(str(e)))
+            responses.append(refusal(e))
         except Exception as e:
             responses += internal_error(model, e)
     return responses
@@ -85,7 +91,7 @@ def batched(model: str, requests, parse, run, pack) -> list:
         try:
             parsed = parse(request)
         except BadRequest as e:
-            responses[index] = error(str(e))
+            responses[index] = refusal(e)
             continue
         except Exception as e:  # a bug, not the client's fault: this request only
             responses[index] = internal_error(model, e)[0]
