@@ -27,7 +27,7 @@ setup() {
     if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
         echo "== installing canary-trt and its pinned dependencies into $VENV (several minutes the first time)"
         "$PY" -m pip install -q --upgrade pip
-        "$PY" -m pip install -q -e ".[full,client,test]"
+        "$PY" -m pip install -q -e ".[full,client,api,test]"
         # The Qwen vocabulary wheel, without its agent-framework dependencies (pin: pyproject.toml, extra "vocab").
         "$PY" -m pip install -q --no-deps $("$PY" -c \
             'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["vocab"])')

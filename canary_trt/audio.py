@@ -57,7 +57,8 @@ def _decode(source) -> tuple[np.ndarray, int, str]:
     try:
         samples, rate = sf.read(handle, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError) as e:
-        raise AudioError(f"{name}: cannot decode audio ({e})") from None
+        # libsndfile's own reason ("Format not recognised."), not its message naming a Python object
+        raise AudioError(f"{name}: cannot decode audio ({getattr(e, 'error_string', None) or e})") from None
     return samples, rate, name
 
 

@@ -60,6 +60,24 @@ def main(argv: list[str] | None = None) -> int:
     sv.add_argument("--ready-timeout", type=float, default=180.0, help="seconds to wait for every model to load")
     sv.set_defaults(run=_serve)
 
+    api = commands.add_parser("api", help="an OpenAI-compatible HTTP front (/v1/audio/transcriptions) for a Triton server")
+    api.add_argument("--triton-url", default="127.0.0.1:8001", help="Triton's gRPC endpoint (default 127.0.0.1:8001)")
+    api.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    api.add_argument("--port", type=int, default=8080, help="default 8080")
+    api.add_argument("--model-name", default="canary-qwen-2.5b", help="the `model` id served (default canary-qwen-2.5b)")
+    api.add_argument("--model-alias", action="append", default=[], metavar="NAME",
+                     help="another accepted `model` value, e.g. whisper-1 (repeatable)")  # fmt: skip
+    api.add_argument("--max-in-flight", type=int, default=16, help="requests sent to Triton at once (default 16)")
+    api.add_argument("--max-queue", type=int, default=64, help="more requests waiting; beyond them 429 (default 64)")
+    api.add_argument("--max-file-mb", type=float, default=25.0, help="upload limit in MiB, else 413 (default 25)")
+    api.add_argument("--max-new-tokens", type=int, help="generated tokens at most (default: the server's, 128)")
+    api.add_argument("--timeout", type=float, default=300.0, help="seconds per request at Triton, else 504 (default 300)")
+    api.add_argument("--prompt-as-instruction", action="store_true",
+                     help="use OpenAI's `prompt` as the model's instruction (default: accepted and ignored)")  # fmt: skip
+    api.add_argument("--api-key-env", metavar="VAR",
+                     help="require `Authorization: Bearer $VAR` on /v1 (the key is read from this environment variable)")  # fmt: skip
+    api.set_defaults(run=_api)
+
     args = parser.parse_args(argv)
     try:
         return args.run(args) or 0
@@ -136,6 +154,25 @@ def _transcribe(args) -> None:
     else:
         for row in rows:
             print(f"{row['audio']}\t{' '.join(row['text'].split())}")  # one line per file
+
+
+def _api(args) -> None:
+    import os
+
+    from .openai_api import Settings, serve
+
+    api_key = None
+    if args.api_key_env:
+        api_key = os.environ.get(args.api_key_env)
+        if not api_key:
+            raise ValueError(f"--api-key-env {args.api_key_env}: that environment variable is empty or unset")
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        raise ValueError("--max-new-tokens must be at least 1")
+    settings = Settings(
+        args.triton_url, args.model_name, tuple(args.model_alias), args.max_in_flight, args.max_queue,
+        int(args.max_file_mb * 2**20), args.max_new_tokens, args.timeout, args.prompt_as_instruction, api_key,
+    )  # fmt: skip
+    serve(settings, args.host, args.port)
 
 
 def _serve(args) -> int:

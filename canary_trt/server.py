@@ -64,7 +64,7 @@ class TritonServer:
         if not self.model_repository.is_dir():
             raise FileNotFoundError(f"model repository {self.model_repository} is not a directory")
         self.host = host
-        self.grpc_port, self.http_port, self.metrics_port = _free_ports(host, grpc_port, http_port, metrics_port)
+        self.grpc_port, self.http_port, self.metrics_port = free_ports(host, grpc_port, http_port, metrics_port)
         self.log_verbose = log_verbose
         self.extra_env = dict(env or {})
         self.extra_args = list(extra_args)
@@ -249,7 +249,7 @@ class TritonServer:
         raise TritonServerError(f"tritonserver not ready after {timeout:.0f} s:\n{self.errors()}")
 
 
-def _free_ports(host: str, *wanted: int | None) -> list[int]:
+def free_ports(host: str, *wanted: int | None) -> list[int]:
     """Keep given ports; bind the others to port 0 all at once so the kernel hands out distinct free ones."""
     sockets = []
     try:

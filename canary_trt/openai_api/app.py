@@ -1,0 +1,256 @@
+"""The FastAPI app: OpenAI's `POST /v1/audio/transcriptions`, `GET /v1/models`, `GET /health`, forwarded to
+the `canary_qwen` ensemble over gRPC with the package's async client.
+
+Admission: at most `max_in_flight` requests are sent to Triton at once (the client's slots), at most
+`max_queue` more wait for a slot; beyond that a request is refused at once with 429 rather than piling up.
+No retries here: a refused or failed request is answered, and the caller (the official clients retry 429
+and 5xx with backoff) decides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+
+from ..client.api import MODEL, NO_RETRY, AsyncTranscriptionClient, Transcription
+from .errors import SERVER_ERROR, ApiError, bad_request, from_transcription_failure, too_busy, triton_message
+
+MiB = 2**20
+FORM_OVERHEAD = MiB  # room for the other fields and the multipart framing around the file
+RESPONSE_FORMATS = ("json", "text", "verbose_json")
+FIELDS = {"file", "model", "prompt", "response_format", "temperature", "language", "stream"}
+# Parameters of OpenAI's API this model cannot honour, and why.
+NOT_PROVIDED = {
+    "timestamp_granularities[]": "timestamps (segments, words) are not produced by this model",
+    "include[]": "token log probabilities are not returned",
+}
+HEALTH_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    triton_url: str
+    model_name: str = "canary-qwen-2.5b"
+    aliases: tuple[str, ...] = ()  # more accepted `model` values, e.g. "whisper-1" for unchanged callers
+    max_in_flight: int = 16
+    max_queue: int = 64
+    max_file_bytes: int = 25 * MiB  # OpenAI's limit
+    max_new_tokens: int | None = None  # None: the server's default
+    timeout: float = 300.0  # seconds per request at Triton
+    prompt_as_instruction: bool = False  # OpenAI's `prompt` replaces the model's instruction (else ignored)
+    api_key: str | None = None  # required as `Authorization: Bearer ...` on /v1 when set
+
+    def __post_init__(self):
+        if self.max_in_flight < 1 or self.max_queue < 0 or self.max_file_bytes < 1 or self.timeout <= 0:
+            raise ValueError("max_in_flight and max_file_bytes must be at least 1, max_queue at least 0, timeout > 0")
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        return (self.model_name, *self.aliases)
+
+
+class Admission:
+    """Counts requests admitted (in flight at Triton or waiting for a slot); refuses beyond `limit`."""
+
+    def __init__(self, limit: int):
+        self.limit, self.admitted = limit, 0
+
+    def __enter__(self) -> None:
+        if self.admitted >= self.limit:
+            raise too_busy(f"too many requests: {self.admitted} in flight or queued (the limit); retry later")
+        self.admitted += 1
+
+    def __exit__(self, *exc) -> None:
+        self.admitted -= 1
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        # The gRPC aio channel belongs to the server's event loop: made here, closed on shutdown.
+        app.state.client = AsyncTranscriptionClient(settings.triton_url, concurrency=settings.max_in_flight,
+                                                    timeout=settings.timeout, retry=NO_RETRY)  # fmt: skip
+        yield
+        await app.state.client.close()
+
+    app = FastAPI(title="canary-trt OpenAI-compatible transcription", lifespan=lifespan)
+    admission = Admission(settings.max_in_flight + settings.max_queue)
+    _install_error_handlers(app)
+
+    def authorize(request: Request) -> None:
+        if settings.api_key and request.headers.get("authorization") != f"Bearer {settings.api_key}":
+            raise ApiError(401, "invalid or missing API key (Authorization: Bearer ...)", code="invalid_api_key")
+
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(authorize)])
+    created = int(time.time())
+
+    def model_card(name: str) -> dict:
+        return {"id": name, "object": "model", "created": created, "owned_by": "nvidia"}
+
+    @v1.get("/models")
+    async def list_models():
+        return {"object": "list", "data": [model_card(name) for name in settings.models]}
+
+    @v1.get("/models/{name:path}")
+    async def get_model(name: str):
+        return model_card(_known_model(name, settings))
+
+    @v1.post("/audio/transcriptions")
+    async def transcriptions(request: Request):
+        form = await _read_form(request, settings.max_file_bytes + FORM_OVERHEAD)
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise bad_request("missing the audio: send it as the multipart file field 'file'", param="file")
+        _known_model(_field(form, "model", required=True), settings)
+        response_format = _response_format(form)
+        _check_options(form)
+        audio = await upload.read()
+        if len(audio) > settings.max_file_bytes:
+            raise _too_large("the file", len(audio), settings.max_file_bytes)
+        prompt = _field(form, "prompt") if settings.prompt_as_instruction else None
+        with admission:
+            try:
+                result = await request.app.state.client.transcribe(audio, prompt=prompt,
+                                                                   max_new_tokens=settings.max_new_tokens)  # fmt: skip
+            except Exception as e:
+                raise from_transcription_failure(e, settings.triton_url, upload.filename) from e
+        return _render(result, response_format)
+
+    app.include_router(v1)
+
+    @app.get("/health")
+    async def health(request: Request):
+        """200 when Triton's `canary_qwen` ensemble is ready, else 503 with the reason."""
+        try:
+            ready = await asyncio.wait_for(request.app.state.client.triton.is_model_ready(MODEL), HEALTH_TIMEOUT)
+        except Exception as e:
+            reason = "no answer" if isinstance(e, TimeoutError) else triton_message(e)
+            raise ApiError(503, f"Triton at {settings.triton_url} is unreachable: {reason}", type=SERVER_ERROR,
+                           code="triton_unavailable") from e  # fmt: skip
+        if not ready:
+            raise ApiError(503, f"Triton at {settings.triton_url} has no ready model {MODEL!r}", type=SERVER_ERROR,
+                           code="triton_unavailable")  # fmt: skip
+        return {"status": "ok", "triton": settings.triton_url, "model": settings.model_name}
+
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    """Every error, ours or the framework's (unknown route, wrong method, broken multipart), in OpenAI's shape."""
+
+    @app.exception_handler(ApiError)
+    async def api_error(request, error: ApiError):
+        return error.response()
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request, error: HTTPException):
+        return ApiError(error.status_code, str(error.detail), headers=error.headers).response()
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request, error: RequestValidationError):
+        return bad_request(str(error)).response()
+
+    @app.exception_handler(Exception)
+    async def unexpected(request, error: Exception) -> JSONResponse:
+        return ApiError(500, f"internal error: {type(error).__name__}: {error}", type=SERVER_ERROR).response()
+
+
+async def _read_form(request: Request, limit: int):
+    """The multipart form, its body read with at most `limit` bytes kept: a larger upload is 413, decided
+    from Content-Length when sent, else while reading."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise bad_request("expected a multipart/form-data body with the audio in the file field 'file'")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        await _drain(request, 4 * limit)  # so the caller can read the answer instead of a reset connection
+        raise _too_large("the request body", int(declared), limit - FORM_OVERHEAD)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise _too_large("the request body", len(body), limit - FORM_OVERHEAD)
+
+    async def replay():
+        return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+    # Starlette turns a malformed multipart body into HTTPException(400): answered in OpenAI's shape.
+    return await Request(request.scope, replay).form(max_files=1, max_fields=len(FIELDS) + len(NOT_PROVIDED))
+
+
+async def _drain(request: Request, at_most: int) -> None:
+    read = 0
+    async for chunk in request.stream():
+        read += len(chunk)
+        if read > at_most:
+            return
+
+
+def _too_large(what: str, size: int, limit: int) -> ApiError:
+    return ApiError(413, f"{what} is {size} bytes; audio files are limited to {limit} bytes "
+                    f"({limit / MiB:g} MiB)", param="file", code="file_too_large")  # fmt: skip
+
+
+def _field(form, name: str, required: bool = False) -> str | None:
+    value = form.get(name)
+    if isinstance(value, UploadFile):
+        raise bad_request(f"'{name}' must be a text field, not a file", param=name)
+    if required and not value:
+        raise bad_request(f"missing required parameter '{name}'", param=name)
+    return value
+
+
+def _known_model(name: str, settings: Settings) -> str:
+    if name not in settings.models:
+        raise ApiError(404, f"the model {name!r} does not exist here; served: {', '.join(settings.models)}",
+                       param="model", code="model_not_found")  # fmt: skip
+    return name
+
+
+def _response_format(form) -> str:
+    value = _field(form, "response_format") or "json"
+    if value not in RESPONSE_FORMATS:
+        why = " (subtitles need timestamps, which this model does not produce)" if value in ("srt", "vtt") else ""
+        raise bad_request(f"response_format {value!r} is not supported{why}; use one of {', '.join(RESPONSE_FORMATS)}",
+                          param="response_format")  # fmt: skip
+    return value
+
+
+def _check_options(form) -> None:
+    """Options accepted for compatibility: `language` must be English, `temperature` a number in [0, 1]
+    (decoding is greedy whatever it is), `stream` false; anything else is refused by name."""
+    for name in form:
+        if name not in FIELDS:
+            why = NOT_PROVIDED.get(name, "unknown to this server")
+            raise bad_request(f"unsupported parameter '{name}': {why}", param=name)
+    language = (_field(form, "language") or "en").strip().lower()
+    if language not in ("en", "english") and not language.startswith(("en-", "en_")):
+        raise bad_request(f"language {language!r} is not supported: this model transcribes English only ('en')",
+                          param="language", code="unsupported_language")  # fmt: skip
+    temperature = _field(form, "temperature")
+    if temperature is not None:
+        try:
+            valid = 0.0 <= float(temperature) <= 1.0
+        except ValueError:
+            valid = False
+        if not valid:
+            raise bad_request(f"temperature must be a number between 0 and 1, got {temperature!r}", param="temperature")
+    if (_field(form, "stream") or "false").lower() not in ("false", "0"):
+        raise bad_request("streaming is not supported: send stream=false or leave it out", param="stream")
+
+
+def _render(result: Transcription, response_format: str):
+    if response_format == "text":
+        return PlainTextResponse(result.text)
+    if response_format == "verbose_json":
+        # No segments or words: the model produces no timestamps.
+        return {"task": "transcribe", "language": "english", "duration": round(result.audio_seconds, 3),
+                "text": result.text}  # fmt: skip
+    return {"text": result.text}

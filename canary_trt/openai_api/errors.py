@@ -1,0 +1,60 @@
+"""Errors in OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, with the status codes the
+official clients map to their exception types (400 BadRequestError, 401 AuthenticationError, 404
+NotFoundError, 429 RateLimitError, 5xx InternalServerError, others APIStatusError)."""
+
+from __future__ import annotations
+
+from fastapi.responses import JSONResponse
+
+from ..audio import AudioError
+from ..client.api import RetriesExhausted, is_overload, status_of
+
+INVALID_REQUEST = "invalid_request_error"
+SERVER_ERROR = "server_error"
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, type: str = INVALID_REQUEST, param: str | None = None,
+                 code: str | None = None, headers: dict[str, str] | None = None):  # fmt: skip
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.headers = headers
+
+    def response(self) -> JSONResponse:
+        body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+
+def bad_request(message: str, param: str | None = None, code: str | None = None) -> ApiError:
+    return ApiError(400, message, param=param, code=code)
+
+
+def too_busy(message: str) -> ApiError:
+    # Retry-After: the official clients honour it when they retry a 429.
+    return ApiError(429, message, type="requests", code="rate_limit_exceeded", headers={"Retry-After": "1"})
+
+
+def triton_message(error: BaseException) -> str:
+    """A tritonclient error's message without its status prefix; str() of anything else."""
+    message = getattr(error, "message", None)
+    return message() if callable(message) else str(error)
+
+
+def from_transcription_failure(error: Exception, triton_url: str, filename: str | None) -> ApiError:
+    """What went wrong between the uploaded file and Triton's answer, as the caller should see it."""
+    if isinstance(error, RetriesExhausted):  # the front makes one attempt: the error itself tells
+        error = error.last
+    if isinstance(error, AudioError):
+        return ApiError(415, f"file {filename!r}: {error}; supported: wav, flac, ogg (vorbis/opus) and mp3",
+                        param="file", code="unsupported_audio")  # fmt: skip
+    status, message = status_of(error), triton_message(error)
+    if status == "StatusCode.INVALID_ARGUMENT":  # the audio or options refused by the model (audio_check etc.)
+        return bad_request(message, param="file", code="invalid_audio")
+    if is_overload(error):
+        return too_busy(f"the Triton server is overloaded: {message}")
+    if status == "StatusCode.UNAVAILABLE":
+        return ApiError(503, f"the Triton server at {triton_url} is unavailable: {message}", type=SERVER_ERROR,
+                        code="triton_unavailable")  # fmt: skip
+    if status == "StatusCode.DEADLINE_EXCEEDED":
+        return ApiError(504, f"Triton did not answer in time: {message}", type=SERVER_ERROR, code="timeout")
+    return ApiError(500, f"transcription failed: {message}", type=SERVER_ERROR)

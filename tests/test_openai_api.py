@@ -1,0 +1,280 @@
+"""Live: `canary-trt api` (the OpenAI-compatible front, run as its own process) before the real tritonserver
+on CPU, called with the official `openai` package and with raw HTTP.
+
+The front must give the same text as `canary-trt-client transcribe` for every LibriVox clip, in each
+response format, and every error in OpenAI's shape with the status code the official client maps to its
+exception types."""
+
+import concurrent.futures
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import openai
+import pytest
+import soundfile as sf
+
+from canary_trt.client.cli import main as client_main
+from canary_trt.client.manifest import LIBRIVOX_DIR
+from canary_trt.openai_api.process import ApiProcess
+from canary_trt.server import TritonServer, free_ports
+
+MAX_NEW = 12
+SERVED = "canary-qwen-2.5b"
+CLIPS = sorted(LIBRIVOX_DIR.glob("*.wav"))
+ERROR_KEYS = {"message", "type", "param", "code"}
+
+
+class Front(ApiProcess):
+    """A started `canary-trt api` (same token limit as the reference calls) with callers for the tests."""
+
+    def __init__(self, triton_url: str, *options: str, env: dict | None = None):
+        super().__init__(triton_url, "--max-new-tokens", str(MAX_NEW), *options, env=env)
+        self.start()
+
+    def openai(self, api_key: str = "unused") -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=api_key, max_retries=0)  # retries would hide codes
+
+    def post(self, files=None, data=None, **kwargs) -> httpx.Response:
+        return httpx.post(f"{self.url}/v1/audio/transcriptions", files=files, data=data, timeout=120, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def triton(cpu_build):
+    with TritonServer(cpu_build / "model_repository") as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def front(triton):
+    running = Front(triton.grpc_url, "--model-alias", "whisper-1")
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def client_texts(triton) -> dict[str, str]:
+    """What `canary-trt-client transcribe --json` says for each clip, with the same token limit."""
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert client_main(["transcribe", "--json", "--url", triton.grpc_url, "--max-new-tokens", str(MAX_NEW),
+                            *map(str, CLIPS)]) == 0  # fmt: skip
+    return {Path(row["audio"]).name: row["text"] for row in json.loads(out.getvalue())}
+
+
+def assert_openai_error(response: httpx.Response, status: int, *phrases: str, param: str | None = None) -> dict:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == ERROR_KEYS, body
+    error = body["error"]
+    assert error["type"] == ("server_error" if status >= 500 else "requests" if status == 429 else "invalid_request_error")
+    for phrase in phrases:
+        assert phrase in error["message"], error
+    if param:
+        assert error["param"] == param, error
+    return error
+
+
+def test_openai_client_gives_the_same_text_as_canary_trt_client(front, client_texts):
+    assert len(CLIPS) == 5
+    client = front.openai()
+    for path in CLIPS:
+        want = client_texts[path.name]
+        assert want  # random weights still generate text
+        with open(path, "rb") as f:
+            assert client.audio.transcriptions.create(model=SERVED, file=f).text == want
+        with open(path, "rb") as f:
+            assert client.audio.transcriptions.create(model=SERVED, file=f, response_format="text") == want
+        verbose = client.audio.transcriptions.create(model="whisper-1", file=path, response_format="verbose_json",
+                                                     language="en", temperature=0.0)  # fmt: skip
+        assert (verbose.text, verbose.language) == (want, "english")
+        assert verbose.duration == pytest.approx(sf.info(path).duration, abs=1e-3)
+        assert verbose.segments is None and verbose.words is None  # no timestamps: not invented
+
+
+def test_formats_over_raw_http_and_mp3(front, client_texts, tmp_path):
+    path = CLIPS[0]
+    want = client_texts[path.name]
+    answer = front.post(files={"file": (path.name, path.read_bytes())}, data={"model": SERVED})
+    assert answer.json() == {"text": want}
+    answer = front.post(files={"file": (path.name, path.read_bytes())}, data={"model": SERVED, "response_format": "text"})
+    assert (answer.text, answer.headers["content-type"].split(";")[0]) == (want, "text/plain")
+    mp3 = tmp_path / "clip.mp3"
+    samples, rate = sf.read(path)
+    sf.write(mp3, samples, rate, format="MP3")
+    with open(mp3, "rb") as f:
+        assert front.openai().audio.transcriptions.create(model=SERVED, file=f).text  # lossy: other text, but read
+
+
+def test_models_and_health(front):
+    client = front.openai()
+    assert [m.id for m in client.models.list()] == [SERVED, "whisper-1"]
+    assert client.models.retrieve(SERVED).owned_by == "nvidia"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-4o-transcribe")
+    health = httpx.get(f"{front.url}/health")
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+
+
+def _silence(tmp_path: Path) -> Path:
+    path = tmp_path / "silence.wav"
+    sf.write(path, np.zeros(16000, np.float32), 16000)
+    return path
+
+
+def _too_long(tmp_path: Path) -> Path:
+    path = tmp_path / "long.flac"
+    sf.write(path, np.resize(sf.read(CLIPS[0], dtype="float32")[0], 41 * 16000), 16000)
+    return path
+
+
+def _not_audio(tmp_path: Path) -> Path:
+    path = tmp_path / "notes.wav"
+    path.write_text("this is not audio\n" * 100)
+    return path
+
+
+def _huge(tmp_path: Path) -> Path:
+    path = tmp_path / "huge.wav"
+    path.write_bytes(os.urandom(26 * 2**20))  # over OpenAI's (and the default) 25 MiB
+    return path
+
+
+CASES = [
+    # (file maker, form options, status, openai exception, phrases in the message, param)
+    (None, {"language": "de"}, 400, openai.BadRequestError, ["English only"], "language"),
+    (None, {"response_format": "srt"}, 400, openai.BadRequestError, ["'srt' is not supported", "timestamps"], "response_format"),
+    (None, {"temperature": 1.5}, 400, openai.BadRequestError, ["temperature must be a number between 0 and 1"], "temperature"),
+    (_silence, {}, 400, openai.BadRequestError, ["audio is all zeros (silence)"], "file"),
+    (_too_long, {}, 400, openai.BadRequestError, ["audio too long", "maximum is 40 s"], "file"),
+    (None, {"model": "gpt-4o-transcribe"}, 404, openai.NotFoundError, ["'gpt-4o-transcribe' does not exist"], "model"),
+    (_huge, {}, 413, openai.APIStatusError, ["limited to 26214400 bytes (25 MiB)"], "file"),
+    (_not_audio, {}, 415, openai.APIStatusError, ["'notes.wav'", "cannot decode audio", "supported: wav, flac"], "file"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("make, options, status, exception, phrases, param", CASES,
+                         ids=[f"{c[2]}-{c[5]}-{i}" for i, c in enumerate(CASES)])  # fmt: skip
+def test_each_error_through_the_openai_client_and_raw_http(front, tmp_path, make, options, status, exception, phrases,
+                                                           param):  # fmt: skip
+    path = make(tmp_path) if make else CLIPS[0]
+    form = {"model": SERVED, **options}
+    assert_openai_error(front.post(files={"file": (path.name, path.read_bytes())}, data=form), status, *phrases,
+                        param=param)  # fmt: skip
+    with pytest.raises(exception) as info, open(path, "rb") as f:
+        front.openai().audio.transcriptions.create(file=f, **form)
+    assert info.value.status_code == status and isinstance(info.value.body, dict)
+    assert all(phrase in info.value.body["message"] for phrase in phrases), info.value.body
+    assert httpx.get(f"{front.url}/health").status_code == 200  # still serving
+
+
+def test_malformed_requests_over_raw_http(front):
+    audio = CLIPS[0].read_bytes()
+    assert_openai_error(front.post(data={"model": SERVED}), 400, "multipart/form-data")  # no file at all: not multipart
+    assert_openai_error(front.post(files={"other": ("a.wav", audio)}, data={"model": SERVED}), 400, "'file'", param="file")
+    assert_openai_error(front.post(files={"file": ("a.wav", audio)}), 400, "missing required parameter 'model'", param="model")
+    assert_openai_error(front.post(files={"file": ("a.wav", audio)}, data={"model": SERVED, "stream": "true"}), 400,
+                        "streaming is not supported", param="stream")  # fmt: skip
+    assert_openai_error(front.post(files={"file": ("a.wav", audio)}, data={"model": SERVED, "timestamp_granularities[]": "word"}),
+                        400, "timestamps", param="timestamp_granularities[]")  # fmt: skip
+    assert_openai_error(front.post(files=[("file", ("a.wav", audio)), ("file", ("b.wav", audio))], data={"model": SERVED}),
+                        400, "files")  # fmt: skip
+    assert_openai_error(httpx.get(f"{front.url}/v1/audio/transcriptions"), 405, "Method Not Allowed")
+    assert_openai_error(httpx.get(f"{front.url}/v1/nothing"), 404, "Not Found")
+
+
+@pytest.fixture
+def black_hole():
+    """A TCP port that accepts connections (the kernel's backlog) and never answers: a stuck Triton."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        yield listener
+
+
+def test_429_when_the_in_flight_limit_and_its_queue_are_full(black_hole):
+    host, port = black_hole.getsockname()
+    front = Front(f"{host}:{port}", "--max-in-flight", "1", "--max-queue", "1", "--timeout", "3")
+    try:
+        audio = {"file": ("a.wav", CLIPS[0].read_bytes())}
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            stuck = [pool.submit(front.post, files=audio, data={"model": SERVED}) for _ in range(2)]
+            time.sleep(1.5)  # one in flight at the stuck server, one waiting for its slot
+            assert_openai_error(front.post(files=audio, data={"model": SERVED}), 429, "too many requests")
+            with pytest.raises(openai.RateLimitError) as info, open(CLIPS[0], "rb") as f:
+                front.openai().audio.transcriptions.create(model=SERVED, file=f)
+            assert info.value.response.headers["retry-after"] == "1"
+            # Neither admitted request is lost: each is answered once Triton's deadline passes (504).
+            for future in stuck:
+                assert_openai_error(future.result(), 504, "did not answer in time")
+        assert front.post(files=audio, data={"model": SERVED}).status_code == 504  # room again: admitted
+    finally:
+        front.stop()
+
+
+def test_503_when_triton_is_unreachable_and_401_without_the_key():
+    front = Front(f"127.0.0.1:{free_ports('127.0.0.1', None)[0]}", "--api-key-env", "FRONT_KEY", env={"FRONT_KEY": "s3cret"})
+    try:
+        assert_openai_error(httpx.get(f"{front.url}/health"), 503, "unreachable")
+        audio = {"file": ("a.wav", CLIPS[0].read_bytes())}
+        assert_openai_error(front.post(files=audio, data={"model": SERVED}), 401, "API key")
+        with pytest.raises(openai.AuthenticationError):
+            front.openai("wrong").models.list()
+        headers = {"Authorization": "Bearer s3cret"}
+        assert_openai_error(front.post(files=audio, data={"model": SERVED}, headers=headers), 503, "unavailable")
+        with pytest.raises(openai.InternalServerError) as info, open(CLIPS[0], "rb") as f:
+            front.openai("s3cret").audio.transcriptions.create(model=SERVED, file=f)
+        assert info.value.status_code == 503 and info.value.body["code"] == "triton_unavailable"
+    finally:
+        front.stop()
+
+
+def test_prompt_is_ignored_unless_asked_for(triton, front, client_texts):
+    """By default OpenAI's `prompt` (context for Whisper) is accepted and ignored; with
+    --prompt-as-instruction it replaces the model's instruction, as `canary-trt-client --prompt` does."""
+    path, instruction = CLIPS[1], "Write down what is said:"
+    with open(path, "rb") as f:
+        assert front.openai().audio.transcriptions.create(model=SERVED, file=f, prompt=instruction).text == \
+            client_texts[path.name]  # fmt: skip
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        client_main(["transcribe", "--json", "--url", triton.grpc_url, "--max-new-tokens", str(MAX_NEW),
+                     "--prompt", instruction, str(path)])  # fmt: skip
+    (want,) = json.loads(out.getvalue())
+    instructed = Front(triton.grpc_url, "--prompt-as-instruction")
+    try:
+        with open(path, "rb") as f:
+            got = instructed.openai().audio.transcriptions.create(model=SERVED, file=f, prompt=instruction).text
+        assert got == want["text"] != client_texts[path.name]
+    finally:
+        instructed.stop()
+
+
+def test_triton_overload_is_429_and_other_failures_map_to_their_codes():
+    from tritonclient.utils import InferenceServerException
+
+    from canary_trt.audio import AudioError
+    from canary_trt.client.api import RetriesExhausted
+    from canary_trt.openai_api.errors import from_transcription_failure
+
+    def code(status, message):
+        return from_transcription_failure(InferenceServerException(message, status=status), "t:1", "a.wav").status
+
+    assert code("StatusCode.UNAVAILABLE", "Exceeds maximum queue size") == 429
+    assert code("StatusCode.UNAVAILABLE", "failed to connect to all addresses") == 503
+    unreachable = InferenceServerException("failed to connect", status="StatusCode.UNAVAILABLE")
+    assert from_transcription_failure(RetriesExhausted(1, unreachable), "t:1", "a.wav").status == 503
+    assert code("StatusCode.INVALID_ARGUMENT", "audio too short") == 400
+    assert code("StatusCode.DEADLINE_EXCEEDED", "Deadline Exceeded") == 504
+    assert code("StatusCode.INTERNAL", "encoder: internal error: boom") == 500
+    assert from_transcription_failure(AudioError("x"), "t:1", "a.wav").status == 415
