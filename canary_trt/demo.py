@@ -49,6 +49,8 @@ def run(checkpoint: Path | None, work: Path) -> None:
         start = time.perf_counter()
         results = asyncio.run(transcribe_all())
         wall = time.perf_counter() - start
+        _stage("the same server through the OpenAI-compatible front (canary-trt api), called with curl")
+        _openai_front(server.grpc_url, clips[0])
     if random_weights:
         print("\n  NOTE: random weights. The transcripts below are meaningless text: they prove the pipeline, not the model.")
     for utterance, result in zip(utterances, results):
@@ -59,7 +61,27 @@ def run(checkpoint: Path | None, work: Path) -> None:
         print(f"  {clip.name:<48} {r.audio_seconds:>8.2f} {r.latency_seconds:>10.2f} {len(r.token_ids):>7}")
     print(f"  {'all (wall time, concurrent)':<48} {audio:>8.2f} {wall:>10.2f}\n  RTFx {audio / wall:.1f} on this machine")
     print(f"\n  By hand: canary-trt serve --model-repository {build / 'model_repository'}\n"
-          f"           canary-trt-client transcribe --url 127.0.0.1:8001 {LIBRIVOX_DIR}")
+          f"           canary-trt-client transcribe --url 127.0.0.1:8001 {LIBRIVOX_DIR}\n"
+          f"           canary-trt api --triton-url 127.0.0.1:8001   # then: curl 127.0.0.1:8080/v1/audio/transcriptions "
+          f"-F file=@{clips[0]} -F model=canary-qwen-2.5b")
+
+
+def _openai_front(grpc_url: str, clip: Path) -> None:
+    import shlex
+    import shutil
+    import subprocess
+
+    from .openai_api.process import ApiProcess
+
+    with ApiProcess(grpc_url, "--max-new-tokens", str(MAX_NEW_TOKENS)) as api:
+        command = ["curl", "-sS", f"{api.url}/v1/audio/transcriptions", "-F", f"file=@{clip}",
+                   "-F", "model=canary-qwen-2.5b", "-F", "response_format=verbose_json"]  # fmt: skip
+        print(f"  canary-trt api --triton-url {grpc_url} --port {api.port}\n  $ {shlex.join(command)}")
+        if not shutil.which("curl"):
+            print("  (curl is not installed here: skipped)")
+            return
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        print(f"  {done.stdout.strip() or done.stderr.strip()}")
 
 
 def _stage(text: str) -> None:

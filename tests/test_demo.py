@@ -1,5 +1,7 @@
 """The README's main job, `canary-trt demo` (what `./build.sh --demo` runs), end to end."""
 
+import json
+
 from canary_trt.cli import main
 
 
@@ -10,3 +12,7 @@ def test_demo_exports_serves_and_transcribes(tmp_path, capsys):
     assert out.count("transcribed: ") == 5
     assert "all (wall time, concurrent)" in out and "RTFx" in out
     assert (tmp_path / "build-cpu" / "model_repository" / "canary_qwen" / "config.pbtxt").is_file()
+    # the curl step: the OpenAI-compatible front answers with the gRPC transcript of the first clip
+    (answer,) = [json.loads(line) for line in out.splitlines() if line.startswith('  {"task":"transcribe"')]
+    first = next(line for line in out.splitlines() if "transcribed: " in line).split("transcribed: ", 1)[1]
+    assert (" ".join(answer["text"].split()), answer["language"]) == (first, "english")
