@@ -14,7 +14,6 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
-import onnxruntime as ort
 
 
 
@@ -50,6 +49,8 @@ def splice_fake_ids(prompt_ids, placeholder_id: int, n_audio_rows: int, vocab_si
 class GreedyDecoder:
     def __init__(self, decoder_onnx_path, embeddings_npy_path, threads: int | None = None):
         """threads: ONNX Runtime intra-op threads (None: its default, one per physical core)."""
+        import onnxruntime as ort  # here: the GPU image's adapter imports this module without onnxruntime
+
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads

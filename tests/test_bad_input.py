@@ -258,3 +258,15 @@ def test_guarded_answers_every_request(serving):
     assert [r.error for r in guarded("m", [1, 2], crash)] == ["m: internal error: KeyError: 'bug'"] * 2
     short = guarded("m", [1, 2], lambda requests: [_Response(error="own")])
     assert [r.error for r in short] == ["own", "m: internal error: request left unanswered"]
+
+
+def test_gpu_flavour_python_models_need_no_onnxruntime(serving, monkeypatch):
+    """The GPU image adds this package to the NGC container without onnxruntime (deploy/Dockerfile.gpu)."""
+    import importlib
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # any import of it now fails
+    for name in [m for m in sys.modules if m.startswith("canary_trt.serving") or m == "canary_trt.decoding"]:
+        monkeypatch.delitem(sys.modules, name)
+    for model in ("audio_check", "adapter", "detokenizer"):
+        importlib.import_module(f"canary_trt.serving.{model}")
