@@ -61,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     sv.set_defaults(run=_serve)
 
     api = commands.add_parser("api", help="an OpenAI-compatible HTTP front (/v1/audio/transcriptions) for a Triton server")
-    api.add_argument("--triton-url", default="127.0.0.1:8001", help="Triton's gRPC endpoint (default 127.0.0.1:8001)")
+    api.add_argument("--triton-url", default="127.0.0.1:8001",
+                     help="Triton's gRPC endpoint (default 127.0.0.1:8001); several replicas: comma-separated, or a "
+                     "name with several addresses (requests spread as canary-trt-client spreads them)")  # fmt: skip
     api.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     api.add_argument("--port", type=int, default=8080, help="default 8080")
     api.add_argument("--model-name", default="canary-qwen-2.5b", help="the `model` id served (default canary-qwen-2.5b)")

@@ -236,6 +236,19 @@ def test_503_when_triton_is_unreachable_and_401_without_the_key():
         front.stop()
 
 
+def test_a_dead_replica_among_the_triton_urls_costs_no_request(triton, client_texts):
+    """--triton-url with an unreachable replica first: every request is answered by the live one."""
+    dead = f"127.0.0.1:{free_ports('127.0.0.1', None)[0]}"
+    front = Front(f"{dead},{triton.grpc_url}")
+    try:
+        client = front.openai()
+        for path in CLIPS:
+            with open(path, "rb") as f:
+                assert client.audio.transcriptions.create(model=SERVED, file=f).text == client_texts[path.name]
+    finally:
+        front.stop()
+
+
 def test_prompt_is_ignored_unless_asked_for(triton, front, client_texts):
     """By default OpenAI's `prompt` (context for Whisper) is accepted and ignored; with
     --prompt-as-instruction it replaces the model's instruction, as `canary-trt-client --prompt` does."""

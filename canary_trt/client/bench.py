@@ -15,12 +15,19 @@ per utterance per concurrency level). Run again with the same folder and data se
 utterances already done at a level are not sent again; the failed ones are. RTFx and latency then cover
 only the requests timed in this run; WER covers every done utterance. A run that ends with nothing
 failed removes the partial file (the report holds it all); `fresh` discards an old one first.
+
+Several endpoints (replicas; `url` as `api.EndpointPool` takes it): requests are spread over them, a
+replica that dies mid-pass is skipped and its requests re-sent elsewhere (still each utterance once).
+Each pass reports how many requests each endpoint answered, Triton's statistics per endpoint and their
+sum (raw counters added across the endpoints that answered both before and after the pass; one that did
+not is named, not counted).
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import hashlib
 import json
 import os
@@ -28,13 +35,14 @@ import platform
 import shutil
 import subprocess
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..audio import SAMPLE_RATE, duration, load_audio
-from .api import MODEL, AsyncTranscriptionClient, RetriesExhausted, RetryPolicy, Transcription, status_of
+from .api import MODEL, AsyncTranscriptionClient, RetriesExhausted, RetryPolicy, Transcription, split_urls, status_of
 from .manifest import Utterance
 from .metrics import NORMALIZER, PERCENTILE_METHOD, WordErrors, corpus_errors, percentiles, rtfx, word_errors
 
@@ -43,6 +51,7 @@ PARTIAL_NAME = "partial.jsonl"
 PARTIAL_SCHEMA = "canary-trt-bench-partial/1"
 DEFAULT_WARMUP = 8
 TRITON_DURATIONS = ("queue", "compute_input", "compute_infer", "compute_output")
+STATISTICS_TIMEOUT = 10.0  # seconds; a replica that cannot answer by then is reported without statistics
 
 
 @dataclass
@@ -76,7 +85,7 @@ def failure(error: BaseException) -> Failure:
 
 
 def run_benchmark(
-    url: str,
+    url: str | list[str],
     utterances: list[Utterance],
     concurrency: list[int],
     warmup: int = DEFAULT_WARMUP,
@@ -113,7 +122,7 @@ def fingerprint(utterances: list[Utterance], max_new_tokens: int | None, model: 
 class PartialResults:
     """`partial.jsonl`: a header line (the fingerprint), then one JSON line per finished request:
     {concurrency, index, audio, status: done|failed, hypothesis, token_ids, audio_seconds, latency_seconds,
-    error, error_kind}. Lines are appended and flushed as requests finish; a torn last line is ignored.
+    endpoint, error, error_kind}. Lines are appended and flushed as requests finish; a torn last line is ignored.
     For each (concurrency, index) the last line counts."""
 
     def __init__(self, path: Path, header: dict, fresh: bool = False):
@@ -149,10 +158,11 @@ class PartialResults:
         if isinstance(outcome, Transcription):
             row |= {"status": "done", "hypothesis": outcome.text, "token_ids": outcome.token_ids,
                     "audio_seconds": outcome.audio_seconds, "latency_seconds": outcome.latency_seconds,
-                    "error": None, "error_kind": None}  # fmt: skip
+                    "endpoint": outcome.endpoint, "error": None, "error_kind": None}  # fmt: skip
         else:
             row |= {"status": "failed", "hypothesis": None, "token_ids": None, "audio_seconds": None,
-                    "latency_seconds": None, "error": str(outcome), "error_kind": getattr(outcome, "kind", "error")}
+                    "latency_seconds": None, "endpoint": None, "error": str(outcome),
+                    "error_kind": getattr(outcome, "kind", "error")}  # fmt: skip
         self.rows[(level, clip.index)] = row
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -175,7 +185,7 @@ def decode(utterances: list[Utterance]) -> list[Clip]:
 async def _benchmark(url, clips, levels, warmup, max_new_tokens, source, model, partial=None, retry=None) -> dict:
     started = datetime.datetime.now(datetime.timezone.utc)
     async with AsyncTranscriptionClient(url, model, retry=retry) as control:  # metadata and statistics only
-        server = await describe_server(control, url)
+        server = await describe_server(control, ",".join(split_urls(url)))
         passes = []
         for level in levels:
             earlier = partial.done(level) if partial else {}
@@ -188,9 +198,9 @@ async def _benchmark(url, clips, levels, warmup, max_new_tokens, source, model, 
                 wall, outcomes = await _timed_pass(client, clips, max_new_tokens, f"concurrency {level}",
                                                    resumed, partial, level)  # fmt: skip
                 after = await _statistics(control)
-            triton = statistics_delta(before, after) if before is not None and after is not None else {}
+            triton, by_endpoint = endpoint_statistics(before, after)
             passes.append(summarize_pass(level, warmup if pending else 0, wall, clips, outcomes, triton,
-                                         resumed=set(resumed)))  # fmt: skip
+                                         resumed=set(resumed), triton_by_endpoint=by_endpoint))  # fmt: skip
     readable = [c for c in clips if c.samples is not None]
     return {
         "schema": SCHEMA,
@@ -215,7 +225,8 @@ async def _benchmark(url, clips, levels, warmup, max_new_tokens, source, model, 
             "this run only",
             "percentiles": PERCENTILE_METHOD,
             "triton": "get_inference_statistics after minus before the timed pass; ms are per request "
-            "(ns / count); batch_size_histogram counts executions per batch size",
+            "(ns / count); batch_size_histogram counts executions per batch size; several endpoints: per "
+            "endpoint, and in all (raw counters summed over the endpoints that answered before and after)",
             "retries": (lambda r: f"server unavailable or overloaded: up to {r.attempts} attempts, pauses "
                         f"{', '.join(f'{d:g}' for d in r.delays()) or 'none'} s; other errors are not retried")(
                 retry or RetryPolicy()),  # fmt: skip
@@ -226,17 +237,22 @@ async def _benchmark(url, clips, levels, warmup, max_new_tokens, source, model, 
     }
 
 
-async def _statistics(control) -> dict | None:
-    """Triton's cumulative statistics, or None when the server cannot say (e.g. it died mid-pass)."""
-    try:
-        return await control.triton.get_inference_statistics(as_json=True)
-    except Exception:
-        return None
+async def _statistics(control) -> dict[str, dict | None]:
+    """Each endpoint's cumulative statistics, None where the server cannot say (e.g. it died mid-pass)."""
+
+    async def one(endpoint):
+        try:
+            return await endpoint.triton.get_inference_statistics(as_json=True, client_timeout=STATISTICS_TIMEOUT)
+        except Exception:
+            return None
+
+    endpoints = list(control.endpoints)
+    return dict(zip((e.url for e in endpoints), await asyncio.gather(*(one(e) for e in endpoints))))
 
 
 def _transcription(row: dict) -> Transcription:
     return Transcription(row["hypothesis"], list(row["token_ids"]), float(row["audio_seconds"]),
-                         float(row["latency_seconds"]))  # fmt: skip
+                         float(row["latency_seconds"]), row.get("endpoint"))  # fmt: skip
 
 
 async def _warm_up(client, clips, requests, max_new_tokens) -> None:
@@ -281,10 +297,12 @@ async def _timed_pass(client, clips, max_new_tokens, label, resumed=None, partia
     return wall, [by_index.get(c.index, c.error) for c in clips]
 
 
-def summarize_pass(level, warmup, wall, clips, outcomes, triton, resumed=frozenset()) -> dict:
-    """`resumed`: indices done in an earlier run; their WER counts, their timing does not."""
+def summarize_pass(level, warmup, wall, clips, outcomes, triton, resumed=frozenset(), triton_by_endpoint=None) -> dict:
+    """`resumed`: indices done in an earlier run; their WER counts, their timing does not.
+    `triton_by_endpoint`: per endpoint URL, its statistics delta, or why there is none."""
     done = [(clip, outcome) for clip, outcome in zip(clips, outcomes) if isinstance(outcome, Transcription)]
     timed = [outcome for clip, outcome in done if clip.index not in resumed]
+    answered = Counter(outcome.endpoint for outcome in timed if outcome.endpoint)
     errors = {clip.index: word_errors(clip.utterance.text, outcome.text) for clip, outcome in done}
     audio_seconds = sum(outcome.audio_seconds for outcome in timed)
     latencies = [outcome.latency_seconds for outcome in timed]
@@ -311,7 +329,9 @@ def summarize_pass(level, warmup, wall, clips, outcomes, triton, resumed=frozens
             "max": _round(max(latencies, default=None)),
         },
         "wer": {"wer": corpus.wer, **_errors_dict(corpus)},
+        "requests_by_endpoint": dict(sorted(answered.items())),  # answered in this run
         "triton": triton,
+        "triton_by_endpoint": triton_by_endpoint or {},
         "utterances": [_utterance_row(c, o, errors.get(c.index), c.index in resumed) for c, o in zip(clips, outcomes)],
     }
 
@@ -323,11 +343,12 @@ def _utterance_row(clip: Clip, outcome: Transcription | str, errors: WordErrors 
             **row, "status": "done", "error": None, "error_kind": None, "resumed": resumed,
             "hypothesis": outcome.text, "token_ids": outcome.token_ids,
             "audio_seconds": round(outcome.audio_seconds, 3), "latency_seconds": _round(outcome.latency_seconds),
-            "generated_tokens": len(outcome.token_ids), "word_errors": _errors_dict(errors),
+            "endpoint": outcome.endpoint, "generated_tokens": len(outcome.token_ids),
+            "word_errors": _errors_dict(errors),
         }  # fmt: skip
     return {**row, "status": "failed", "error": str(outcome), "error_kind": getattr(outcome, "kind", "error"),
             "resumed": False, "hypothesis": None, "token_ids": None, "audio_seconds": None, "latency_seconds": None,
-            "generated_tokens": None, "word_errors": None}  # fmt: skip
+            "endpoint": None, "generated_tokens": None, "word_errors": None}  # fmt: skip
 
 
 def _errors_dict(errors: WordErrors) -> dict:
@@ -385,9 +406,65 @@ def _count(now: dict, then: dict, key: str) -> int:
     return int(now.get(key, 0)) - int(then.get(key, 0))
 
 
+def endpoint_statistics(before: dict[str, dict | None], after: dict[str, dict | None]) -> tuple[dict, dict]:
+    """(the pass over all endpoints, per endpoint URL) from per-endpoint snapshots. An endpoint without both
+    snapshots gets {"unavailable": why} and stays out of the sum: its counters cannot be told apart."""
+    per_endpoint, complete = {}, []
+    for url in dict.fromkeys([*before, *after]):
+        then, now = before.get(url), after.get(url)
+        if then is not None and now is not None:
+            per_endpoint[url] = statistics_delta(then, now)
+            complete.append(url)
+        else:
+            missing = " and ".join(w for w, s in (("before", then), ("after", now)) if s is None)
+            per_endpoint[url] = {"unavailable": f"no statistics {missing} the pass: the server did not answer "
+                                 "(down, or died mid-pass)"}  # fmt: skip
+    total = statistics_delta(sum_statistics(before[u] for u in complete), sum_statistics(after[u] for u in complete))
+    return total, per_endpoint
+
+
+_COUNTERS = {"inference_count", "execution_count", "count", "ns"}
+_KEYED_LISTS = {"model_stats": "name", "batch_stats": "batch_size"}
+
+
+def sum_statistics(snapshots) -> dict:
+    """Several servers' `get_inference_statistics(as_json=True)` as one: counters added model by model and
+    batch size by batch size (ns too, so ms per request come out weighted by requests)."""
+    return functools.reduce(_add_counters, snapshots, {})
+
+
+def _add_counters(total: dict, part: dict) -> dict:
+    for key, value in part.items():
+        if key in _COUNTERS:
+            total[key] = int(total.get(key, 0)) + int(value)
+        elif isinstance(value, dict):
+            _add_counters(total.setdefault(key, {}), value)
+        elif key in _KEYED_LISTS:  # one entry per model name / per batch size
+            field = _KEYED_LISTS[key]
+            entries = {entry[field]: entry for entry in total.setdefault(key, [])}
+            for item in value:
+                if item[field] not in entries:
+                    entries[item[field]] = {}
+                    total[key].append(entries[item[field]])
+                _add_counters(entries[item[field]], item)
+        else:
+            total.setdefault(key, value)  # names, versions: the first server's
+    return total
+
+
 async def describe_server(client: AsyncTranscriptionClient, url: str) -> dict:
-    triton = client.triton
-    metadata = await triton.get_server_metadata(as_json=True)
+    """Metadata and model limits from the first endpoint that answers (replicas serve the same repository);
+    `url`: as given, `endpoints`: what it stands for."""
+    errors = []
+    for endpoint in client.endpoints:
+        try:
+            metadata = await endpoint.triton.get_server_metadata(as_json=True)
+            break
+        except Exception as e:
+            errors.append(e)
+    else:
+        raise errors[-1]
+    triton = endpoint.triton
     ready = [m["name"] for m in (await triton.get_model_repository_index(as_json=True)).get("models", [])
              if m.get("state") == "READY"]  # fmt: skip
     max_batch = {}
@@ -396,6 +473,8 @@ async def describe_server(client: AsyncTranscriptionClient, url: str) -> dict:
         max_batch[name] = int(config.get("max_batch_size", 0))
     return {
         "url": url,
+        "endpoints": [e.url for e in client.endpoints],
+        "described_by": endpoint.url,
         "name": metadata.get("name"),
         "version": metadata.get("version"),
         "model": client.model,

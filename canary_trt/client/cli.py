@@ -60,12 +60,24 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _add_server_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", default="127.0.0.1:8001", help="Triton's gRPC endpoint (default 127.0.0.1:8001)")
+    parser.add_argument("--url", action="append",
+                        help="Triton's gRPC endpoint host:port (default 127.0.0.1:8001); several replicas: repeat "
+                        "--url or separate with commas; a name with several addresses (e.g. a Kubernetes headless "
+                        "Service) means each address. Requests go to the least busy endpoint; one that stops "
+                        "answering is skipped and tried again later")  # fmt: skip
     parser.add_argument("--max-new-tokens", type=_positive, help="generated tokens at most (default: the server's, 128)")
     parser.add_argument("--attempts", type=_positive, default=5,
-                        help="tries per request while the server is unavailable or overloaded (default 5)")
+                        help="sends per request, over all endpoints, while servers are unavailable or "
+                        "overloaded (default 5)")  # fmt: skip
     parser.add_argument("--backoff", type=_seconds, default=0.5,
-                        help="first pause between tries, doubling each time, at most 8 s (default 0.5)")
+                        help="first pause between tries, doubling each time, at most 8 s (default 0.5); also how "
+                        "long an endpoint that stops answering is first left out")  # fmt: skip
+
+
+def _urls(args) -> list[str]:
+    from .api import DEFAULT_URL, split_urls
+
+    return split_urls(args.url or [DEFAULT_URL])
 
 
 def _retry(args):
@@ -107,9 +119,8 @@ def _transcribe(args) -> int:
         raise ValueError(f"no wav/flac/ogg files in {' '.join(map(str, args.audio))}")
 
     async def run():
-        async with AsyncTranscriptionClient(args.url, concurrency=args.concurrency, retry=_retry(args)) as client:
-            if not await client.triton.is_model_ready(client.model):  # one clear error, not one per file
-                raise ValueError(f"the Triton server at {args.url} has no ready model {client.model!r}")
+        async with AsyncTranscriptionClient(_urls(args), concurrency=args.concurrency, retry=_retry(args)) as client:
+            await _check_ready(client)
             return await client.transcribe_many(paths, prompt=args.prompt, max_new_tokens=args.max_new_tokens,
                                                 return_exceptions=True)  # fmt: skip
 
@@ -139,6 +150,24 @@ def _transcribe(args) -> int:
     return 0 if len(done) == len(rows) else 1
 
 
+async def _check_ready(client) -> None:
+    """One clear error, not one per file, when no endpoint has the model ready; an endpoint that is not
+    ready is named and left to the client (it skips the unreachable ones)."""
+    from tritonclient.utils import InferenceServerException
+
+    problems = []
+    for endpoint in client.endpoints:
+        try:
+            if not await endpoint.triton.is_model_ready(client.model):
+                problems.append(f"the Triton server at {endpoint.url} has no ready model {client.model!r}")
+        except InferenceServerException as e:
+            problems.append(f"{endpoint.url}: {e}")
+    if len(problems) == len(client.endpoints):
+        raise ValueError("; ".join(problems))
+    for problem in problems:
+        print(f"{PROG}: warning: {problem}", file=sys.stderr)
+
+
 def _bench(args) -> int:
     from .bench import run_benchmark
     from .manifest import read_audio_dir, read_manifest
@@ -146,7 +175,7 @@ def _bench(args) -> int:
 
     utterances = read_manifest(args.manifest) if args.manifest else read_audio_dir(args.audio_dir)
     source = str(args.manifest or args.audio_dir)
-    report = run_benchmark(args.url, utterances, args.concurrency, args.warmup, args.max_new_tokens, source,
+    report = run_benchmark(_urls(args), utterances, args.concurrency, args.warmup, args.max_new_tokens, source,
                            out=args.out, fresh=args.fresh, retry=_retry(args))  # fmt: skip
     written = write_report(report, args.out)
     rows = summary_rows(report)
@@ -155,8 +184,10 @@ def _bench(args) -> int:
         print("  ".join(cell.rjust(width) for cell, width in zip(row, widths)))
     print("wrote " + ", ".join(str(path) for path in written))
     for p in report["passes"]:
+        answered = ", ".join(f"{url} {n}" for url, n in p["requests_by_endpoint"].items())
         print(f"concurrency {p['concurrency']}: {len(p['utterances'])} utterances, {p['done']} done "
-              f"({p['resumed']} resumed, {p['sent']} sent), {p['failed']} failed")  # fmt: skip
+              f"({p['resumed']} resumed, {p['sent']} sent), {p['failed']} failed"
+              + (f"; answered by {answered}" if len(p["requests_by_endpoint"]) > 1 else ""))  # fmt: skip
     if any(p["failed"] for p in report["passes"]):
         from .bench import PARTIAL_NAME
 

@@ -37,7 +37,10 @@ def markdown(report: dict) -> str:
         "",
         f"- client machine: {machine['cpu']}, {machine['cpu_cores']} cores, {machine['memory_gib']} GiB; "
         f"GPU: {machine['gpu']}; {machine['os']}, Python {machine['python']}",
-        f"- server: Triton {server['version']} at {server['url']}; model `{server['model']}` "
+        f"- server: Triton {server['version']} at {server['url']}"
+        + (f" ({len(server['endpoints'])} endpoints: {', '.join(server['endpoints'])})"
+           if len(server.get("endpoints", [])) > 1 else "")  # fmt: skip
+        + f"; model `{server['model']}` "
         f"(max_batch_size {server['max_batch_size']}; per model: "
         + ", ".join(f"{name} {size}" for name, size in server["models_max_batch_size"].items()) + ")",
         f"- data: {data['source']}: {data['utterances']} utterances, {data['audio_seconds']:.2f} s of audio"
@@ -64,6 +67,15 @@ def markdown(report: dict) -> str:
                       f"({p['resumed']} resumed from an earlier run, {p['sent']} sent in this run), "
                       f"{p['failed']} failed" + (f" ({kinds})" if kinds else "") + ".", ""]  # fmt: skip
         lines += _triton_table(p["triton"])
+        answered, by_endpoint = p.get("requests_by_endpoint", {}), p.get("triton_by_endpoint", {})
+        if len(answered) > 1 or len(by_endpoint) > 1:  # several replicas
+            lines += ["", "Requests answered per endpoint in this run: "
+                      + (", ".join(f"`{url}` {n}" for url, n in answered.items()) or "none")
+                      + ". The Triton table above sums the endpoints' tables below (those with statistics "
+                      "before and after the pass)."]  # fmt: skip
+            for url, models in by_endpoint.items():
+                lines += ["", f"Endpoint `{url}`:", ""]
+                lines += [models["unavailable"] + "."] if "unavailable" in models else _triton_table(models)
         failed = [u for u in p["utterances"] if u["status"] == "failed"]
         if failed:
             lines += ["", "Failed:", "", *(f"- `{u['audio']}`: {u['error']}" for u in failed)]

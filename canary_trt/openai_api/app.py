@@ -2,9 +2,14 @@
 the `canary_qwen` ensemble over gRPC with the package's async client.
 
 Admission: at most `max_in_flight` requests are sent to Triton at once (the client's slots), at most
-`max_queue` more wait for a slot; beyond that a request is refused at once with 429 rather than piling up.
-No retries here: a refused or failed request is answered, and the caller (the official clients retry 429
-and 5xx with backoff) decides.
+`max_queue` more upload or wait for a slot; beyond that a request is refused at once with 429 rather
+than piling up (in memory too: a file is read only once its request is admitted).
+
+Triton endpoints: `triton_url` may name several replicas, as the gRPC client takes them (spread by least
+in flight, an unreachable one taken out). A send that fails because its endpoint is unreachable or
+overloaded is made once more at once (to another replica when there are several); after that the
+request is answered with its error, and the caller (the official clients retry 429 and 5xx with backoff)
+decides.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
-from ..client.api import MODEL, NO_RETRY, AsyncTranscriptionClient, Transcription
+from ..client.api import MODEL, AsyncTranscriptionClient, RetryPolicy, Transcription
 from .errors import SERVER_ERROR, ApiError, bad_request, from_transcription_failure, too_busy, triton_message
 
 MiB = 2**20
@@ -33,6 +38,7 @@ NOT_PROVIDED = {
     "include[]": "token log probabilities are not returned",
 }
 HEALTH_TIMEOUT = 5.0
+FAILOVER = RetryPolicy(attempts=2, initial=0.0)  # one more send, at once: the caller owns backoff
 
 
 @dataclass(frozen=True)
@@ -58,18 +64,23 @@ class Settings:
 
 
 class Admission:
-    """Counts requests admitted (in flight at Triton or waiting for a slot); refuses beyond `limit`."""
+    """Counts requests admitted (uploading, waiting for a slot or in flight at Triton), at most `limit`:
+    admission comes before the upload is read, so the front holds at most `limit` files in memory."""
 
     def __init__(self, limit: int):
         self.limit, self.admitted = limit, 0
 
-    def __enter__(self) -> None:
-        if self.admitted >= self.limit:
-            raise too_busy(f"too many requests: {self.admitted} in flight or queued (the limit); retry later")
-        self.admitted += 1
+    @property
+    def full(self) -> bool:
+        return self.admitted >= self.limit
 
-    def __exit__(self, *exc) -> None:
-        self.admitted -= 1
+    @contextlib.contextmanager
+    def slot(self):
+        self.admitted += 1
+        try:
+            yield
+        finally:
+            self.admitted -= 1
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -77,7 +88,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI):
         # The gRPC aio channel belongs to the server's event loop: made here, closed on shutdown.
         app.state.client = AsyncTranscriptionClient(settings.triton_url, concurrency=settings.max_in_flight,
-                                                    timeout=settings.timeout, retry=NO_RETRY)  # fmt: skip
+                                                    timeout=settings.timeout, retry=FAILOVER)  # fmt: skip
         yield
         await app.state.client.close()
 
@@ -105,18 +116,22 @@ def create_app(settings: Settings) -> FastAPI:
 
     @v1.post("/audio/transcriptions")
     async def transcriptions(request: Request):
-        form = await _read_form(request, settings.max_file_bytes + FORM_OVERHEAD)
-        upload = form.get("file")
-        if not isinstance(upload, UploadFile):
-            raise bad_request("missing the audio: send it as the multipart file field 'file'", param="file")
-        _known_model(_field(form, "model", required=True), settings)
-        response_format = _response_format(form)
-        _check_options(form)
-        audio = await upload.read()
-        if len(audio) > settings.max_file_bytes:
-            raise _too_large("the file", len(audio), settings.max_file_bytes)
-        prompt = _field(form, "prompt") if settings.prompt_as_instruction else None
-        with admission:
+        if admission.full:  # no await between this check and taking the slot: one event loop, no race
+            await _drain(request, 4 * (settings.max_file_bytes + FORM_OVERHEAD))  # so the caller reads the 429
+            raise too_busy(f"too many requests: {admission.admitted} uploading, queued or in flight (the limit); "
+                           "retry later")  # fmt: skip
+        with admission.slot():
+            form = await _read_form(request, settings.max_file_bytes + FORM_OVERHEAD)
+            upload = form.get("file")
+            if not isinstance(upload, UploadFile):
+                raise bad_request("missing the audio: send it as the multipart file field 'file'", param="file")
+            _known_model(_field(form, "model", required=True), settings)
+            response_format = _response_format(form)
+            _check_options(form)
+            audio = await upload.read()
+            if len(audio) > settings.max_file_bytes:
+                raise _too_large("the file", len(audio), settings.max_file_bytes)
+            prompt = _field(form, "prompt") if settings.prompt_as_instruction else None
             try:
                 result = await request.app.state.client.transcribe(audio, prompt=prompt,
                                                                    max_new_tokens=settings.max_new_tokens)  # fmt: skip

@@ -42,7 +42,7 @@ def triton_message(error: BaseException) -> str:
 
 def from_transcription_failure(error: Exception, triton_url: str, filename: str | None) -> ApiError:
     """What went wrong between the uploaded file and Triton's answer, as the caller should see it."""
-    if isinstance(error, RetriesExhausted):  # the front makes one attempt: the error itself tells
+    if isinstance(error, RetriesExhausted):  # the front's sends all failed: the last error tells why
         error = error.last
     if isinstance(error, AudioError):
         return ApiError(415, f"file {filename!r}: {error}; supported: wav, flac, ogg (vorbis/opus) and mp3",
