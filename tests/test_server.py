@@ -261,7 +261,9 @@ def read_banner(proc: subprocess.Popen, timeout: float = 50) -> dict[str, str]:
     return banner
 
 
-def finish(proc: subprocess.Popen, timeout: float = 45) -> tuple[int, str]:
+def finish(proc: subprocess.Popen, timeout: float = 60) -> tuple[int, str]:
+    """Exit code and stderr. The timeout exceeds stop()'s own bound (40 s for Triton to exit on SIGTERM,
+    then SIGKILL and up to 10 s for the group to go), so a slow Triton exit is not mistaken for a hang."""
     try:
         return proc.wait(timeout), proc.stderr.read()
     except subprocess.TimeoutExpired:
