@@ -114,3 +114,19 @@ def test_cli_bench_on_librivox(server, tmp_path, capsys):
         assert sum(decoder["batch_size_histogram"].values()) == decoder["execution_count"]
         assert set(decoder["ms_per_request"]) == {"queue", "compute_input", "compute_infer", "compute_output"}
     assert "## Concurrency 4" in (out / "report.md").read_text()
+
+
+def test_timeout_fails_a_slow_request_as_a_timeout_and_the_rest_go_on(server, tmp_path, capsys):
+    """--timeout: a request not answered in time fails by name as a timeout (not retried); bench files it
+    under "timeout"; the server keeps serving."""
+    command = ["--url", server.grpc_url, "--timeout", "0.02"]  # far below one generation of 128 tokens
+    assert main(["transcribe", *command, str(PATHS[0])]) == 1
+    assert f"failed: {PATHS[0]}: " in capsys.readouterr().err
+
+    manifest = write_manifest(tmp_path / "one.jsonl", librivox_utterances()[:1])
+    assert main(["bench", *command, "--manifest", str(manifest), "--concurrency", "1", "--warmup", "0",
+                 "--out", str(tmp_path / "report")]) == 1  # fmt: skip
+    (only,) = json.loads((tmp_path / "report" / "report.json").read_text())["passes"]
+    assert only["failed_by_kind"] == {"timeout": 1} and "Deadline" in only["utterances"][0]["error"]
+    with TranscriptionClient(server.grpc_url) as client:
+        assert client.transcribe(PATHS[0], max_new_tokens=MAX_NEW).token_ids

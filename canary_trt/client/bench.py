@@ -64,7 +64,7 @@ class Clip:
 
 class Failure(str):
     """Why a clip failed (the text), and `kind`: unreadable, unavailable, overloaded, invalid input,
-    server error or client error."""
+    timeout, server error or client error."""
 
     kind: str = "error"
 
@@ -81,6 +81,8 @@ def failure(error: BaseException) -> Failure:
     status = status_of(error)
     if status == "StatusCode.INVALID_ARGUMENT":
         return Failure(text, "invalid input")
+    if status == "StatusCode.DEADLINE_EXCEEDED":  # the client's --timeout
+        return Failure(text, "timeout")
     return Failure(text, "server error" if status else "client error")
 
 
@@ -95,8 +97,10 @@ def run_benchmark(
     out: str | Path | None = None,
     fresh: bool = False,
     retry: RetryPolicy | None = None,
+    timeout: float | None = None,
 ) -> dict:
-    """`out`: the folder for `partial.jsonl` (None: no partial results, no resume)."""
+    """`out`: the folder for `partial.jsonl` (None: no partial results, no resume); `timeout`: seconds per
+    request (None: none)."""
     if not utterances:
         raise ValueError("nothing to benchmark: the data set is empty")
     if not concurrency or min(concurrency) < 1 or warmup < 0:
@@ -105,7 +109,7 @@ def run_benchmark(
         if out is not None else None  # fmt: skip
     clips = decode(utterances)
     report = asyncio.run(_benchmark(url, clips, concurrency, warmup, max_new_tokens, source, model, partial,
-                                    retry or RetryPolicy()))  # fmt: skip
+                                    retry or RetryPolicy(), timeout))  # fmt: skip
     if partial is not None and not any(p["failed"] for p in report["passes"]):
         partial.path.unlink(missing_ok=True)  # complete: the report holds everything
     return report
@@ -182,7 +186,8 @@ def decode(utterances: list[Utterance]) -> list[Clip]:
     return clips
 
 
-async def _benchmark(url, clips, levels, warmup, max_new_tokens, source, model, partial=None, retry=None) -> dict:
+async def _benchmark(url, clips, levels, warmup, max_new_tokens, source, model, partial=None, retry=None,
+                     timeout=None) -> dict:  # fmt: skip
     started = datetime.datetime.now(datetime.timezone.utc)
     async with AsyncTranscriptionClient(url, model, retry=retry) as control:  # metadata and statistics only
         server = await describe_server(control, ",".join(split_urls(url)))
@@ -191,7 +196,7 @@ async def _benchmark(url, clips, levels, warmup, max_new_tokens, source, model, 
             earlier = partial.done(level) if partial else {}
             resumed = {index: _transcription(row) for index, row in earlier.items()}
             pending = [c for c in clips if c.samples is not None and c.index not in resumed]
-            async with AsyncTranscriptionClient(url, model, concurrency=level, retry=retry) as client:
+            async with AsyncTranscriptionClient(url, model, concurrency=level, timeout=timeout, retry=retry) as client:
                 if pending:
                     await _warm_up(client, clips, warmup, max_new_tokens)
                 before = await _statistics(control)
@@ -230,6 +235,7 @@ async def _benchmark(url, clips, levels, warmup, max_new_tokens, source, model, 
             "retries": (lambda r: f"server unavailable or overloaded: up to {r.attempts} attempts, pauses "
                         f"{', '.join(f'{d:g}' for d in r.delays()) or 'none'} s; other errors are not retried")(
                 retry or RetryPolicy()),  # fmt: skip
+            "timeout_seconds": timeout,  # per request; None: none
             "accounting": "each utterance once per pass: done (resumed: done in an earlier run, read from "
             f"{PARTIAL_NAME}, not sent again) or failed with its reason",
         },

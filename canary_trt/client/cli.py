@@ -69,6 +69,9 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--attempts", type=_positive, default=5,
                         help="sends per request, over all endpoints, while servers are unavailable or "
                         "overloaded (default 5)")  # fmt: skip
+    parser.add_argument("--timeout", type=_seconds,
+                        help="seconds a request may take at the server, else it fails as a timeout, not retried "
+                        "(default: no limit)")  # fmt: skip
     parser.add_argument("--backoff", type=_seconds, default=0.5,
                         help="first pause between tries, doubling each time, at most 8 s (default 0.5); also how "
                         "long an endpoint that stops answering is first left out")  # fmt: skip
@@ -119,7 +122,8 @@ def _transcribe(args) -> int:
         raise ValueError(f"no wav/flac/ogg files in {' '.join(map(str, args.audio))}")
 
     async def run():
-        async with AsyncTranscriptionClient(_urls(args), concurrency=args.concurrency, retry=_retry(args)) as client:
+        async with AsyncTranscriptionClient(_urls(args), concurrency=args.concurrency, timeout=args.timeout,
+                                            retry=_retry(args)) as client:  # fmt: skip
             await _check_ready(client)
             return await client.transcribe_many(paths, prompt=args.prompt, max_new_tokens=args.max_new_tokens,
                                                 return_exceptions=True)  # fmt: skip
@@ -158,7 +162,7 @@ async def _check_ready(client) -> None:
     problems = []
     for endpoint in client.endpoints:
         try:
-            if not await endpoint.triton.is_model_ready(client.model):
+            if not await endpoint.triton.is_model_ready(client.model, client_timeout=client.timeout):
                 problems.append(f"the Triton server at {endpoint.url} has no ready model {client.model!r}")
         except InferenceServerException as e:
             problems.append(f"{endpoint.url}: {e}")
@@ -176,7 +180,7 @@ def _bench(args) -> int:
     utterances = read_manifest(args.manifest) if args.manifest else read_audio_dir(args.audio_dir)
     source = str(args.manifest or args.audio_dir)
     report = run_benchmark(_urls(args), utterances, args.concurrency, args.warmup, args.max_new_tokens, source,
-                           out=args.out, fresh=args.fresh, retry=_retry(args))  # fmt: skip
+                           out=args.out, fresh=args.fresh, retry=_retry(args), timeout=args.timeout)  # fmt: skip
     written = write_report(report, args.out)
     rows = summary_rows(report)
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
