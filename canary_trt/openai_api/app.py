@@ -122,22 +122,29 @@ def create_app(settings: Settings) -> FastAPI:
                            "retry later")  # fmt: skip
         with admission.slot():
             form = await _read_form(request, settings.max_file_bytes + FORM_OVERHEAD)
-            upload = form.get("file")
-            if not isinstance(upload, UploadFile):
-                raise bad_request("missing the audio: send it as the multipart file field 'file'", param="file")
-            _known_model(_field(form, "model", required=True), settings)
-            response_format = _response_format(form)
-            _check_options(form)
-            audio = await upload.read()
-            if len(audio) > settings.max_file_bytes:
-                raise _too_large("the file", len(audio), settings.max_file_bytes)
-            prompt = _field(form, "prompt") if settings.prompt_as_instruction else None
             try:
-                result = await request.app.state.client.transcribe(audio, prompt=prompt,
-                                                                   max_new_tokens=settings.max_new_tokens)  # fmt: skip
-            except Exception as e:
-                raise from_transcription_failure(e, settings.triton_url, upload.filename) from e
+                result, response_format = await transcribe(request, form)
+            finally:
+                await form.close()  # the upload's spooled temporary file
         return _render(result, response_format)
+
+    async def transcribe(request: Request, form) -> tuple[Transcription, str]:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise bad_request("missing the audio: send it as the multipart file field 'file'", param="file")
+        _known_model(_field(form, "model", required=True), settings)
+        response_format = _response_format(form)
+        _check_options(form)
+        audio = await upload.read()
+        if len(audio) > settings.max_file_bytes:
+            raise _too_large("the file", len(audio), settings.max_file_bytes)
+        prompt = _field(form, "prompt") if settings.prompt_as_instruction else None
+        try:
+            result = await request.app.state.client.transcribe(audio, prompt=prompt,
+                                                               max_new_tokens=settings.max_new_tokens)  # fmt: skip
+        except Exception as e:
+            raise from_transcription_failure(e, settings.triton_url, upload.filename) from e
+        return result, response_format
 
     app.include_router(v1)
 
