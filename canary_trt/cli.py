@@ -26,6 +26,10 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("--preset", help="GPU shapes: rtx5090, rtx-pro-6000, l40s, a100, h100 (default h100)")
     ex.add_argument("--precision", help="cpu: fp32 (default, exact) | int8 (8-bit encoder and decoder weights); "
                     "gpu: fp16 (default) | bf16 (encoder) | fp8 | int8 (LLM weights)")  # fmt: skip
+    ex.add_argument("--stage", choices=("all", "prepare", "engines"), default="all",
+                    help="gpu: prepare = the PyTorch/NeMo steps (encoder ONNX, merged HF checkpoint, configs) on any "
+                    "machine with canary-trt[full]; engines = the TensorRT/TensorRT-LLM steps on that folder, in the "
+                    "pinned container; all (default) = both")  # fmt: skip
     ex.add_argument("--dry-run", action="store_true", help="print every step, command and shape; run nothing")
     ex.set_defaults(run=_export)
 
@@ -107,7 +111,7 @@ def _demo(args) -> None:
 def _export(args) -> None:
     from .export.build import export
 
-    export(args.checkpoint, args.out, args.target, args.precision, args.preset, args.dry_run)
+    export(args.checkpoint, args.out, args.target, args.precision, args.preset, args.dry_run, stage=args.stage)
     if not args.dry_run:
         print(f"build written to {args.out.resolve()}")
 

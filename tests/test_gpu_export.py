@@ -296,3 +296,42 @@ def test_convert_entry_point_names_the_missing_module(no_gpu_tools, tmp_path):
                             capture_output=True, text=True)  # fmt: skip
     assert result.returncode != 0
     assert "`tensorrt_llm`" in result.stderr and presets.TRITON_CONTAINER in result.stderr
+
+
+def test_two_stage_gpu_build_prepares_here_and_engines_build_on_it(no_gpu_tools, tiny_checkpoint, tmp_path):
+    """--stage prepare runs on a machine without TensorRT (the Kubernetes export Job's CPU step); --stage
+    engines needs that folder, made with the same options, and the pinned container's tools."""
+    from canary_trt.export.build import export
+    from canary_trt.manifest import read_manifest
+
+    out, quiet = tmp_path / "build", lambda line: None
+    with pytest.raises(FileNotFoundError, match="--stage prepare"):
+        export(tiny_checkpoint.path, out, "gpu", stage="engines", log=quiet)
+
+    steps = export(tiny_checkpoint.path, out, "gpu", stage="prepare", log=quiet)
+    assert [s.title.split(" (")[0] for s in steps] == [
+        "encoder ONNX", "merged HF Qwen3 checkpoint", "tokenizer", "manifest", "Triton model repository"]
+    assert (out / "encoder.onnx").is_file() and (out / "hf_llm" / "config.json").is_file()
+    assert (out / "model_repository" / "decoder" / "config.pbtxt").is_file()
+    assert read_manifest(out)["preset"] == "h100"
+
+    with pytest.raises(ValueError, match="prepared with {'preset': 'h100'}"):
+        export(tiny_checkpoint.path, out, "gpu", preset="a100", stage="engines", log=quiet)
+    with pytest.raises(MissingToolError):  # the right folder, but not the container: at once
+        export(tiny_checkpoint.path, out, "gpu", stage="engines", log=quiet)
+    planned = export(tiny_checkpoint.path, out, "gpu", stage="engines", dry_run=True, log=quiet)
+    assert [s.title.split(" (")[0] for s in planned] == [
+        "encoder TensorRT engine", "TensorRT-LLM checkpoint", "TensorRT-LLM engine"]
+    with pytest.raises(ValueError, match="a CPU build has one stage"):
+        export(tiny_checkpoint.path, out, "cpu", stage="prepare", log=quiet)
+
+
+def test_without_nemo_only_the_engines_stage_runs(no_gpu_tools, tiny_checkpoint, tmp_path, monkeypatch):
+    """As in the NGC container: `all` and `prepare` stop at once naming NeMo and the two-stage way."""
+    from canary_trt.export.build import export
+
+    monkeypatch.setitem(sys.modules, "nemo", None)  # not importable
+    for stage in ("all", "prepare"):
+        with pytest.raises(FileNotFoundError, match="needs NeMo.*--stage engines"):
+            export(tiny_checkpoint.path, tmp_path, "gpu", stage=stage, log=lambda line: None)
+    assert not any(tmp_path.iterdir())

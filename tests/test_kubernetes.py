@@ -212,14 +212,22 @@ def test_gpu_overlay_runs_tritonserver_from_the_pinned_container_on_one_gpu():
     volumes = {v["name"]: v for v in pod_spec(objects)["volumes"]}
     build = mounts(container)["/build"]
     assert flags["--model-repository"] == "/build/model_repository"
+    # The Job's two stages: `prepare` in the cpu overlay's image (PyTorch, NeMo), then `engines` in the
+    # serving image, both on that PVC at /build, with the same options.
     job_spec = load(K8S / "jobs" / "export-gpu.yaml")["spec"]["template"]["spec"]
-    (job,) = job_spec["containers"]
+    (prepare,), (engines,) = job_spec["initContainers"], job_spec["containers"]
     job_volumes = {v["name"]: v for v in job_spec["volumes"]}
-    assert options(job["command"])["--out"] == "/build"
-    assert options(job["command"])["--target"] == "gpu"
     claim = volumes[build]["persistentVolumeClaim"]["claimName"]
-    assert job_volumes[mounts(job)["/build"]]["persistentVolumeClaim"]["claimName"] == claim
-    assert job["image"] == container["image"]
+    stages = {}
+    for stage in (prepare, engines):
+        assert stage["command"][:2] == ["canary-trt", "export"]
+        flags = options(stage["command"])
+        stages[flags.pop("--stage")] = flags
+        assert job_volumes[mounts(stage)["/build"]]["persistentVolumeClaim"]["claimName"] == claim
+    assert list(stages) == ["prepare", "engines"] and stages["prepare"] == stages["engines"]
+    assert stages["engines"]["--out"] == "/build" and stages["engines"]["--target"] == "gpu"
+    assert engines["image"] == container["image"]
+    assert prepare["image"] == server(render("cpu"))["image"]
 
 
 def scrape(url: str) -> dict[tuple[str, str], float]:

@@ -5,10 +5,16 @@ BUILD/ after a CPU build: encoder.onnx, decoder.onnx (+ their *_int8.onnx with -
 embed_tokens.npy, tokenizer/, export.json (what the runtime needs to know) and model_repository/.
 A GPU build has encoder.onnx -> encoder.plan (trtexec), hf_llm/ (the merged HF Qwen3 checkpoint),
 trtllm_checkpoint/ and trtllm_engine/ instead of the decoder ONNX files.
+
+A GPU build runs in two stages when one machine cannot hold both software stacks: `prepare` (the steps
+that need PyTorch and NeMo: encoder ONNX, merged HF checkpoint, configs; any machine with
+`canary-trt[full]`) then `engines` (TensorRT and TensorRT-LLM on the prepared folder, in the pinned
+container, whose Python stack lacks NeMo). `all` runs both in one go.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shlex
 import subprocess
@@ -18,7 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..checkpoint import Checkpoint
-from ..manifest import write_manifest
+from ..manifest import MANIFEST, read_manifest, write_manifest
 from ..tokenizer import copy_tokenizer_files
 from . import decoder_onnx, encoder_onnx
 from .repository import REPOSITORY, write_model_repository
@@ -33,6 +39,8 @@ GPU_PRECISION = {  # --precision -> preset fields
     "int8": {"encoder_precision": "fp16", "llm_quantization": "int8_wo"},
 }
 DEFAULT_PRESET = "h100"
+STAGES = ("all", "prepare", "engines")
+HF_DIR = "hf_llm"
 MODELS = ("audio_check", "encoder", "adapter", "decoder", "detokenizer", "canary_qwen")
 
 
@@ -43,6 +51,7 @@ class Step:
     command: Callable[[], list[str]] | None = None  # an external tool; resolved late, once its inputs exist
     action: Callable[[], object] | None = None  # in-process Python
     cheap: bool = False  # writes only small files (configs): runs in a dry run too, so they can be inspected
+    engine: bool = False  # a TensorRT / TensorRT-LLM step: the `engines` stage
 
 
 def plan(checkpoint: Checkpoint, out: Path, target: str, precision: str | None, preset_name: str | None) -> list[Step]:
@@ -95,7 +104,7 @@ def _gpu_steps(checkpoint, out, precision, preset_name, manifest) -> list[Step]:
 
     preset = get_preset(preset_name, **GPU_PRECISION[precision])
     onnx_path, engine = out / encoder_onnx.FILE, out / tensorrt.ENGINE
-    hf_dir, ckpt_dir, engine_dir = out / "hf_llm", out / "trtllm_checkpoint", out / "trtllm_engine"
+    hf_dir, ckpt_dir, engine_dir = out / HF_DIR, out / "trtllm_checkpoint", out / "trtllm_engine"
     shapes = ", ".join(f"{name} min/opt/max {list(s)}" for name, s in preset.encoder_shapes().items())
     manifest.update(preset=preset.name, encoder_engine=tensorrt.ENGINE, llm_engine=engine_dir.name,
                     max_batch_size=preset.llm_max_batch, encoder_max_batch_size=preset.encoder_max_batch,
@@ -103,24 +112,37 @@ def _gpu_steps(checkpoint, out, precision, preset_name, manifest) -> list[Step]:
                     kv_cache_free_gpu_mem_fraction=preset.kv_cache_free_gpu_mem_fraction)  # fmt: skip
     return [
         Step(f"encoder TensorRT engine ({preset.encoder_precision}; front end, LayerNorm, Softmax in FP32)", shapes,
-             command=lambda: tensorrt.trtexec_command(onnx_path, engine, preset, out / "timing.cache")),
+             command=lambda: tensorrt.trtexec_command(onnx_path, engine, preset, out / "timing.cache"), engine=True),
         Step("merged HF Qwen3 checkpoint (float16, explicit lm_head)", str(hf_dir),
              action=lambda: hf_checkpoint.write_merged_hf_checkpoint(checkpoint, hf_dir, "float16")),
         Step(f"TensorRT-LLM checkpoint (quantization: {preset.llm_quantization})", str(ckpt_dir),
-             command=lambda: trtllm.convert_command(hf_dir, ckpt_dir, preset)),
+             command=lambda: trtllm.convert_command(hf_dir, ckpt_dir, preset), engine=True),
         Step("TensorRT-LLM engine", f"max_batch_size {preset.llm_max_batch}, max_input_len {preset.max_input_len}, "
              f"max_seq_len {preset.max_seq_len}, max_prompt_embedding_table_size {preset.max_prompt_embedding_table_size} "
              f"({preset.audio_rows} audio rows x {preset.llm_max_batch})",
-             command=lambda: trtllm.build_command(ckpt_dir, engine_dir, preset)),
+             command=lambda: trtllm.build_command(ckpt_dir, engine_dir, preset), engine=True),
     ]  # fmt: skip
 
 
 def export(checkpoint_dir, out, target: str = "cpu", precision: str | None = None, preset: str | None = None,
-           dry_run: bool = False, log=print) -> list[Step]:  # fmt: skip
+           dry_run: bool = False, log=print, stage: str = "all") -> list[Step]:  # fmt: skip
+    """`stage` (GPU): all | prepare | engines, see the module doc."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
+    if stage != "all" and target != "gpu":
+        raise ValueError(f"--stage {stage} splits a GPU build; a CPU build has one stage")
     checkpoint = Checkpoint.open(checkpoint_dir)
     out = Path(out).resolve()
-    steps = plan(checkpoint, out, target, precision, preset)
-    if target == "gpu" and not dry_run:
+    steps = [step for step in plan(checkpoint, out, target, precision, preset)
+             if stage == "all" or step.engine == (stage == "engines")]  # fmt: skip
+    if stage == "engines" and not dry_run:
+        _check_prepared(out, checkpoint, precision or PRECISIONS[target][0], preset or DEFAULT_PRESET)
+    if stage != "engines" and not dry_run and importlib.util.find_spec("nemo") is None:
+        # e.g. `--stage all` in the NGC container: say so now, not after the GPU stack checks
+        raise FileNotFoundError("the encoder ONNX export needs NeMo (nemo-toolkit[asr], in canary-trt[full]); in the "
+                                "TensorRT container run `--stage engines` on a folder prepared elsewhere with "
+                                "`--stage prepare`")  # fmt: skip
+    if target == "gpu" and stage != "prepare" and not dry_run:
         from .presets import require_gpu_stack
 
         require_gpu_stack()  # fail at once, not after minutes of ONNX export
@@ -142,3 +164,17 @@ def export(checkpoint_dir, out, target: str = "cpu", precision: str | None = Non
         if not path.is_symlink():
             path.chmod(0o755 if path.is_dir() else 0o644)
     return steps
+
+
+def _check_prepared(out: Path, checkpoint: Checkpoint, precision: str, preset: str) -> None:
+    """The `engines` stage builds on a `prepare` of the same checkpoint, precision and preset."""
+    missing = [name for name in (encoder_onnx.FILE, HF_DIR, MANIFEST) if not (out / name).exists()]
+    if missing:
+        raise FileNotFoundError(f"{out} lacks {', '.join(missing)}: run `canary-trt export --target gpu --stage prepare` "
+                                "into it first")  # fmt: skip
+    prepared = read_manifest(out)
+    wanted = {"checkpoint": str(checkpoint.path), "precision": precision, "preset": preset}
+    differ = {key: prepared.get(key) for key, value in wanted.items() if prepared.get(key) != value}
+    if differ:
+        raise ValueError(f"{out} was prepared with {differ}, not {', '.join(f'{k} {wanted[k]}' for k in differ)}: "
+                         "prepare it again with the same options")  # fmt: skip
