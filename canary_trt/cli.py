@@ -190,6 +190,9 @@ def _serve(args) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)  # a service manager's stop is a Ctrl-C
+    # Also SIGINT itself: a shell without job control starts background commands with SIGINT ignored, and
+    # Python then keeps it ignored: `kill -INT` would do nothing.
+    signal.signal(signal.SIGINT, interrupt)
     server = TritonServer(
         args.model_repository, args.host, args.grpc_port, args.http_port, args.metrics_port,
         log_file=args.log_file, log_verbose=args.log_verbose,

@@ -235,12 +235,15 @@ def test_death_is_detected_and_cleaned_up(repo):
 # --- canary-trt serve ------------------------------------------------------------------------------------
 
 
-def serve(repo: Path, *extra: str) -> subprocess.Popen:
+def serve(repo: Path, *extra: str, sigint_ignored: bool = False) -> subprocess.Popen:
+    """`canary-trt serve` on free ports; `sigint_ignored`: started as a shell without job control starts a
+    background command, SIGINT ignored (inherited through exec)."""
     command = [str(CONSOLE_SCRIPT)] if CONSOLE_SCRIPT.exists() else [sys.executable, "-m", "canary_trt.cli"]
     ports = ["--grpc-port", "0", "--http-port", "0", "--metrics-port", "0"]
     return subprocess.Popen(
         [*command, "serve", "--model-repository", str(repo), *ports, *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None,
     )  # fmt: skip
 
 
@@ -274,7 +277,7 @@ def finish(proc: subprocess.Popen, timeout: float = 60) -> tuple[int, str]:
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_cli_serve_prints_endpoints_and_stops_cleanly(repo, stop_signal):
     shm_before = shm_files("canary_trt_")
-    proc = serve(repo)
+    proc = serve(repo, sigint_ignored=stop_signal == signal.SIGINT)  # `kill -INT` must still stop it
     banner = read_banner(proc)
     server_pid = int(banner["pid"])
     assert banner["grpc"].startswith("127.0.0.1:")
