@@ -130,3 +130,18 @@ def test_timeout_fails_a_slow_request_as_a_timeout_and_the_rest_go_on(server, tm
     assert only["failed_by_kind"] == {"timeout": 1} and "Deadline" in only["utterances"][0]["error"]
     with TranscriptionClient(server.grpc_url) as client:
         assert client.transcribe(PATHS[0], max_new_tokens=MAX_NEW).token_ids
+
+
+def test_cli_bench_sends_the_prompt(server, reference, tmp_path):
+    """bench --prompt: every request carries the instruction; tokens equal the reference's with it."""
+    instruction = "Write down what is said:"
+    (utterance,) = librivox_utterances()[:1]
+    manifest = write_manifest(tmp_path / "one.jsonl", [utterance])
+    assert main(["bench", "--url", server.grpc_url, "--manifest", str(manifest), "--concurrency", "1",
+                 "--warmup", "0", "--max-new-tokens", str(MAX_NEW), "--prompt", instruction,
+                 "--out", str(tmp_path / "report")]) == 0  # fmt: skip
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["method"]["prompt"] == instruction
+    (want,) = transcribe(reference, [load_audio(utterance.audio)], max_new_tokens=MAX_NEW, instruction=instruction)
+    (default,) = transcribe(reference, [load_audio(utterance.audio)], max_new_tokens=MAX_NEW)
+    assert report["passes"][0]["utterances"][0]["token_ids"] == want.token_ids != default.token_ids

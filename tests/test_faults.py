@@ -89,6 +89,8 @@ def test_partial_file_resumes_only_the_same_data_set(tmp_path):
     assert set(again.done(4)) == {0} and again.done(4)[0]["token_ids"] == [1, 2] and again.done(1) == {}
     with pytest.raises(ValueError, match="--fresh"):
         PartialResults(path, fingerprint(utterances, 8, "canary_qwen"))  # another --max-new-tokens
+    with pytest.raises(ValueError, match="another data set"):
+        PartialResults(path, fingerprint(utterances, 24, "canary_qwen", prompt="Write it down:"))  # another --prompt
     assert PartialResults(path, fingerprint(utterances, 8, "canary_qwen"), fresh=True).rows == {}
 
 

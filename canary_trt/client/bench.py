@@ -98,29 +98,31 @@ def run_benchmark(
     fresh: bool = False,
     retry: RetryPolicy | None = None,
     timeout: float | None = None,
+    prompt: str | None = None,
 ) -> dict:
     """`out`: the folder for `partial.jsonl` (None: no partial results, no resume); `timeout`: seconds per
-    request (None: none)."""
+    request (None: none); `prompt`: the instruction sent with every request (None: the server's)."""
     if not utterances:
         raise ValueError("nothing to benchmark: the data set is empty")
     if not concurrency or min(concurrency) < 1 or warmup < 0:
         raise ValueError("concurrency levels must be at least 1 and --warmup at least 0")
-    partial = PartialResults(Path(out) / PARTIAL_NAME, fingerprint(utterances, max_new_tokens, model), fresh) \
+    partial = PartialResults(Path(out) / PARTIAL_NAME, fingerprint(utterances, max_new_tokens, model, prompt), fresh) \
         if out is not None else None  # fmt: skip
     clips = decode(utterances)
-    report = asyncio.run(_benchmark(url, clips, concurrency, warmup, max_new_tokens, source, model, partial,
+    options = {"max_new_tokens": max_new_tokens, "prompt": prompt}  # of every request
+    report = asyncio.run(_benchmark(url, clips, concurrency, warmup, options, source, model, partial,
                                     retry or RetryPolicy(), timeout))  # fmt: skip
     if partial is not None and not any(p["failed"] for p in report["passes"]):
         partial.path.unlink(missing_ok=True)  # complete: the report holds everything
     return report
 
 
-def fingerprint(utterances: list[Utterance], max_new_tokens: int | None, model: str) -> dict:
+def fingerprint(utterances: list[Utterance], max_new_tokens: int | None, model: str, prompt: str | None = None) -> dict:
     """What a partial file must match to be resumed: the same clips and references, in the same order,
-    the same token limit and model."""
+    the same token limit, prompt and model."""
     digest = hashlib.sha256(json.dumps([[str(u.audio), u.text] for u in utterances]).encode("utf-8")).hexdigest()
     return {"schema": PARTIAL_SCHEMA, "dataset_sha256": digest, "utterances": len(utterances),
-            "max_new_tokens": max_new_tokens, "model": model}  # fmt: skip
+            "max_new_tokens": max_new_tokens, "prompt": prompt, "model": model}  # fmt: skip
 
 
 class PartialResults:
@@ -145,7 +147,7 @@ class PartialResults:
         except json.JSONDecodeError:
             header = None
         if header != self.header:
-            raise ValueError(f"{self.path} holds partial results of another data set, model or --max-new-tokens: "
+            raise ValueError(f"{self.path} holds partial results of another data set, model, --max-new-tokens or --prompt: "
                              "run with --fresh to discard them, or use another --out")  # fmt: skip
         for line in lines[1:]:
             try:
@@ -186,8 +188,9 @@ def decode(utterances: list[Utterance]) -> list[Clip]:
     return clips
 
 
-async def _benchmark(url, clips, levels, warmup, max_new_tokens, source, model, partial=None, retry=None,
+async def _benchmark(url, clips, levels, warmup, options, source, model, partial=None, retry=None,
                      timeout=None) -> dict:  # fmt: skip
+    """`options`: each request's max_new_tokens and prompt."""
     started = datetime.datetime.now(datetime.timezone.utc)
     async with AsyncTranscriptionClient(url, model, retry=retry) as control:  # metadata and statistics only
         server = await describe_server(control, ",".join(split_urls(url)))
@@ -198,9 +201,9 @@ async def _benchmark(url, clips, levels, warmup, max_new_tokens, source, model, 
             pending = [c for c in clips if c.samples is not None and c.index not in resumed]
             async with AsyncTranscriptionClient(url, model, concurrency=level, timeout=timeout, retry=retry) as client:
                 if pending:
-                    await _warm_up(client, clips, warmup, max_new_tokens)
+                    await _warm_up(client, clips, warmup, options)
                 before = await _statistics(control)
-                wall, outcomes = await _timed_pass(client, clips, max_new_tokens, f"concurrency {level}",
+                wall, outcomes = await _timed_pass(client, clips, options, f"concurrency {level}",
                                                    resumed, partial, level)  # fmt: skip
                 after = await _statistics(control)
             triton, by_endpoint = endpoint_statistics(before, after)
@@ -221,7 +224,7 @@ async def _benchmark(url, clips, levels, warmup, max_new_tokens, source, model, 
         "method": {
             "concurrency": list(levels),
             "warmup_requests": warmup,
-            "max_new_tokens": max_new_tokens,  # None: the server's default
+            **options,  # max_new_tokens, prompt; None: the server's default
             "wer": f"corpus level: total errors / total reference words of the transcribed clips; both sides "
             f"normalized by {NORMALIZER}, aligned by jiwer",
             "rtfx": "audio seconds of the clips transcribed in this run / wall seconds from this run's first send "
@@ -261,17 +264,16 @@ def _transcription(row: dict) -> Transcription:
                          float(row["latency_seconds"]), row.get("endpoint"))  # fmt: skip
 
 
-async def _warm_up(client, clips, requests, max_new_tokens) -> None:
+async def _warm_up(client, clips, requests, options) -> None:
     """The first `requests` readable clips (repeated if the set is smaller); failures here are ignored:
     the timed pass reports them."""
     readable = [c.samples for c in clips if c.samples is not None]
     if readable and requests:
         warm = [readable[i % len(readable)] for i in range(requests)]
-        await client.transcribe_many(warm, sample_rate=SAMPLE_RATE, max_new_tokens=max_new_tokens,
-                                     return_exceptions=True)  # fmt: skip
+        await client.transcribe_many(warm, sample_rate=SAMPLE_RATE, return_exceptions=True, **options)
 
 
-async def _timed_pass(client, clips, max_new_tokens, label, resumed=None, partial=None, level=0):
+async def _timed_pass(client, clips, options, label, resumed=None, partial=None, level=0):
     """One request per readable clip not in `resumed`, all queued at once (the client bounds those in
     flight); each finished one is appended to `partial` at once. Returns the wall time (0.0: nothing sent)
     and, per clip, its transcription or the reason it failed."""
@@ -287,8 +289,7 @@ async def _timed_pass(client, clips, max_new_tokens, label, resumed=None, partia
 
         async def one(clip: Clip):
             try:
-                outcome = await client.transcribe(clip.samples, sample_rate=SAMPLE_RATE,
-                                                  max_new_tokens=max_new_tokens)  # fmt: skip
+                outcome = await client.transcribe(clip.samples, sample_rate=SAMPLE_RATE, **options)
             except Exception as e:  # a server error or timeout fails this clip, not the pass
                 outcome = failure(e)
             if partial is not None:

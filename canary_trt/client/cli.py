@@ -22,7 +22,6 @@ def main(argv: list[str] | None = None) -> int:
                     help="wav/flac/ogg files, or folders: every such file inside, sorted")  # fmt: skip
     _add_server_options(tr)
     tr.add_argument("--concurrency", type=_positive, default=8, help="requests in flight at once (default 8)")
-    tr.add_argument("--prompt", help='user instruction (default: the server\'s, "Transcribe the following:")')
     tr.add_argument("--json", action="store_true", help="print a JSON list, one object per input")
     tr.set_defaults(run=_transcribe)
 
@@ -66,6 +65,7 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
                         "Service) means each address. Requests go to the least busy endpoint; one that stops "
                         "answering is skipped and tried again later")  # fmt: skip
     parser.add_argument("--max-new-tokens", type=_positive, help="generated tokens at most (default: the server's, 128)")
+    parser.add_argument("--prompt", help='user instruction (default: the server\'s, "Transcribe the following:")')
     parser.add_argument("--attempts", type=_positive, default=5,
                         help="sends per request, over all endpoints, while servers are unavailable or "
                         "overloaded (default 5)")  # fmt: skip
@@ -180,7 +180,8 @@ def _bench(args) -> int:
     utterances = read_manifest(args.manifest) if args.manifest else read_audio_dir(args.audio_dir)
     source = str(args.manifest or args.audio_dir)
     report = run_benchmark(_urls(args), utterances, args.concurrency, args.warmup, args.max_new_tokens, source,
-                           out=args.out, fresh=args.fresh, retry=_retry(args), timeout=args.timeout)  # fmt: skip
+                           out=args.out, fresh=args.fresh, retry=_retry(args), timeout=args.timeout,
+                           prompt=args.prompt)  # fmt: skip
     written = write_report(report, args.out)
     rows = summary_rows(report)
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
