@@ -25,7 +25,9 @@ K8S = DEPLOY / "kubernetes"
 KUBERNETES_VERSIONS = ("1.31", "1.37")
 # Custom resources have no schema in kubernetes-validate: test_podmonitor checks them by hand.
 CRDS = {("monitoring.coreos.com/v1", "PodMonitor")}
-KINDS = ["Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget", "PodMonitor", "Service", "Service"]
+KINDS = ["Deployment", "Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget", "PodMonitor", "Service",
+         "Service", "Service"]
+TRITON, API = "canary-qwen", "canary-qwen-api"  # the Deployments: Triton pods, the OpenAI-compatible front
 PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
 ENSEMBLE = "canary_qwen"
 
@@ -46,17 +48,21 @@ def of_kind(objects: list[dict], kind: str) -> list[dict]:
     return [obj for obj in objects if obj["kind"] == kind]
 
 
-def one(objects: list[dict], kind: str) -> dict:
-    (obj,) = of_kind(objects, kind)
+def one(objects: list[dict], kind: str, name: str | None = None) -> dict:
+    (obj,) = [o for o in of_kind(objects, kind) if name in (None, o["metadata"]["name"])]
     return obj
 
 
-def pod_spec(objects: list[dict]) -> dict:
-    return one(objects, "Deployment")["spec"]["template"]["spec"]
+def pod_spec(objects: list[dict], deployment: str = TRITON) -> dict:
+    return one(objects, "Deployment", deployment)["spec"]["template"]["spec"]
 
 
-def server(objects: list[dict]) -> dict:
-    (container,) = pod_spec(objects)["containers"]
+def pod_labels_of(objects: list[dict], deployment: str = TRITON) -> dict:
+    return one(objects, "Deployment", deployment)["spec"]["template"]["metadata"]["labels"]
+
+
+def server(objects: list[dict], deployment: str = TRITON) -> dict:
+    (container,) = pod_spec(objects, deployment)["containers"]
     return container
 
 
@@ -120,10 +126,10 @@ def test_probes_use_triton_health_endpoints_on_port_8000(rendered):
 
 
 def test_services_select_the_pods_and_expose_the_three_ports(rendered):
-    deployment = one(rendered, "Deployment")
-    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    deployment = one(rendered, "Deployment", TRITON)
+    pod_labels = pod_labels_of(rendered)
     container_ports = {p["name"]: p["containerPort"] for p in server(rendered)["ports"]}
-    services = of_kind(rendered, "Service")
+    services = [s for s in of_kind(rendered, "Service") if s["metadata"]["name"] != API]
     for service in services:
         assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
         assert service["spec"]["selector"].items() <= pod_labels.items()
@@ -135,13 +141,13 @@ def test_services_select_the_pods_and_expose_the_three_ports(rendered):
 
 def test_disruption_budget_covers_the_pods_and_keeps_one_serving(rendered):
     pdb, hpa = one(rendered, "PodDisruptionBudget"), one(rendered, "HorizontalPodAutoscaler")
-    pod_labels = one(rendered, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    pod_labels = pod_labels_of(rendered)
     assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
     assert hpa["spec"]["minReplicas"] - pdb["spec"]["maxUnavailable"] >= 1
 
 
 def test_autoscaler_scales_the_deployment_on_the_adapter_metric(rendered):
-    hpa, deployment = one(rendered, "HorizontalPodAutoscaler"), one(rendered, "Deployment")
+    hpa, deployment = one(rendered, "HorizontalPodAutoscaler"), one(rendered, "Deployment", TRITON)
     assert "replicas" not in deployment["spec"]  # the HPA owns it
     target = hpa["spec"]["scaleTargetRef"]
     assert target == {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment["metadata"]["name"]}
@@ -162,17 +168,38 @@ def test_autoscaler_scales_the_deployment_on_the_adapter_metric(rendered):
 
 def test_podmonitor_scrapes_the_metrics_port_of_the_pods(rendered):
     monitor = one(rendered, "PodMonitor")
-    pod_labels = one(rendered, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    pod_labels = pod_labels_of(rendered)
     assert monitor["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
     (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
     assert (endpoint["port"], endpoint["path"]) == ("metrics", "/metrics")
 
 
 def test_every_container_has_cpu_and_memory_requests_and_limits(rendered):
-    spec = pod_spec(rendered)
-    for container in spec.get("initContainers", []) + spec["containers"]:
+    specs = [pod_spec(rendered, d["metadata"]["name"]) for d in of_kind(rendered, "Deployment")]
+    for container in [c for spec in specs for c in spec.get("initContainers", []) + spec["containers"]]:
         for bound in ("requests", "limits"):
             assert {"cpu", "memory"} <= container["resources"][bound].keys(), (container["name"], bound)
+
+
+def test_openai_front_reaches_every_triton_pod_through_the_headless_service(rendered):
+    front, spec = server(rendered, API), pod_spec(rendered, API)
+    assert front["command"] == ["canary-trt", "api"]
+    flags = options(front["args"])
+    assert (flags["--host"], flags["--port"]) == ("0.0.0.0", "8080")
+    (headless,) = [s for s in of_kind(rendered, "Service") if s["spec"].get("clusterIP") == "None"]
+    grpc = {p["name"]: p["port"] for p in headless["spec"]["ports"]}["grpc"]
+    assert flags["--triton-url"] == f"{headless['metadata']['name']}:{grpc}"
+    # Ready while Triton answers (/health), alive while it listens: a Triton outage does not restart it.
+    (port,) = front["ports"]
+    assert front["readinessProbe"]["httpGet"] == {"path": "/health", "port": port["name"]}
+    assert front["livenessProbe"]["tcpSocket"] == {"port": port["name"]}
+    assert port["containerPort"] == 8080 and spec["securityContext"]["runAsNonRoot"]
+    service = one(rendered, "Service", API)
+    assert service["spec"]["selector"].items() <= pod_labels_of(rendered, API).items()
+    assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [(8080, port["name"])]
+    # The CPU image, which installs the api extra, in both flavours.
+    assert front["image"] == server(render("cpu"))["image"]
+    assert re.search(r'"/src\[[^]]*\bapi\b[^]]*\]"', (DEPLOY / "Dockerfile.cpu").read_text(encoding="utf-8"))
 
 
 def test_cpu_overlay_runs_canary_trt_serve_on_the_build_its_init_container_exports():
