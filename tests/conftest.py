@@ -53,3 +53,12 @@ def cpu_build(tiny_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("build-cpu")
     export(tiny_checkpoint.path, out, target="cpu", log=lambda line: None)
     return out
+
+
+@pytest.fixture(scope="module")
+def server(cpu_build):
+    """That build served by the bundled tritonserver on loopback: one server per test module."""
+    from canary_trt.server import TritonServer
+
+    with TritonServer(cpu_build / "model_repository") as running:
+        yield running

@@ -10,17 +10,10 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from canary_trt.server import TritonServer
 from canary_trt.transcribe import transcribe
 
 MAX_NEW = 6
 RATE = 16000
-
-
-@pytest.fixture(scope="module")
-def server(cpu_build):
-    with TritonServer(cpu_build / "model_repository") as running:
-        yield running
 
 
 @pytest.fixture(scope="module")

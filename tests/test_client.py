@@ -16,18 +16,11 @@ from canary_trt.audio import load_audio
 from canary_trt.client import AsyncTranscriptionClient, TranscriptionClient
 from canary_trt.client.cli import main
 from canary_trt.client.manifest import LIBRIVOX_DIR, librivox_utterances, write_manifest
-from canary_trt.server import TritonServer
 from canary_trt.transcribe import transcribe
 
 MAX_NEW = 8
 PATHS = [LIBRIVOX_DIR / f"sense_and_sensibility_01_austen_64kb-{n}.wav" for n in ("0880", "0930")]
 CD_RATE = 44100
-
-
-@pytest.fixture(scope="module")
-def server(cpu_build):
-    with TritonServer(cpu_build / "model_repository") as running:
-        yield running
 
 
 def cd_stereo(path: Path) -> np.ndarray:

@@ -21,7 +21,7 @@ import soundfile as sf
 from canary_trt.client.cli import main as client_main
 from canary_trt.client.manifest import LIBRIVOX_DIR
 from canary_trt.openai_api.process import ApiProcess
-from canary_trt.server import TritonServer, free_ports
+from canary_trt.server import free_ports
 
 MAX_NEW = 12
 SERVED = "canary-qwen-2.5b"
@@ -44,27 +44,21 @@ class Front(ApiProcess):
 
 
 @pytest.fixture(scope="module")
-def triton(cpu_build):
-    with TritonServer(cpu_build / "model_repository") as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def front(triton):
-    running = Front(triton.grpc_url, "--model-alias", "whisper-1")
+def front(server):
+    running = Front(server.grpc_url, "--model-alias", "whisper-1")
     yield running
     running.stop()
 
 
 @pytest.fixture(scope="module")
-def client_texts(triton) -> dict[str, str]:
+def client_texts(server) -> dict[str, str]:
     """What `canary-trt-client transcribe --json` says for each clip, with the same token limit."""
     import contextlib
     import io
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        assert client_main(["transcribe", "--json", "--url", triton.grpc_url, "--max-new-tokens", str(MAX_NEW),
+        assert client_main(["transcribe", "--json", "--url", server.grpc_url, "--max-new-tokens", str(MAX_NEW),
                             *map(str, CLIPS)]) == 0  # fmt: skip
     return {Path(row["audio"]).name: row["text"] for row in json.loads(out.getvalue())}
 
@@ -236,10 +230,10 @@ def test_503_when_triton_is_unreachable_and_401_without_the_key():
         front.stop()
 
 
-def test_a_dead_replica_among_the_triton_urls_costs_no_request(triton, client_texts):
+def test_a_dead_replica_among_the_triton_urls_costs_no_request(server, client_texts):
     """--triton-url with an unreachable replica first: every request is answered by the live one."""
     dead = f"127.0.0.1:{free_ports('127.0.0.1', None)[0]}"
-    front = Front(f"{dead},{triton.grpc_url}")
+    front = Front(f"{dead},{server.grpc_url}")
     try:
         client = front.openai()
         for path in CLIPS:
@@ -249,7 +243,7 @@ def test_a_dead_replica_among_the_triton_urls_costs_no_request(triton, client_te
         front.stop()
 
 
-def test_prompt_is_ignored_unless_asked_for(triton, front, client_texts):
+def test_prompt_is_ignored_unless_asked_for(server, front, client_texts):
     """By default OpenAI's `prompt` (context for Whisper) is accepted and ignored; with
     --prompt-as-instruction it replaces the model's instruction, as `canary-trt-client --prompt` does."""
     path, instruction = CLIPS[1], "Write down what is said:"
@@ -261,10 +255,10 @@ def test_prompt_is_ignored_unless_asked_for(triton, front, client_texts):
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        client_main(["transcribe", "--json", "--url", triton.grpc_url, "--max-new-tokens", str(MAX_NEW),
+        client_main(["transcribe", "--json", "--url", server.grpc_url, "--max-new-tokens", str(MAX_NEW),
                      "--prompt", instruction, str(path)])  # fmt: skip
     (want,) = json.loads(out.getvalue())
-    instructed = Front(triton.grpc_url, "--prompt-as-instruction")
+    instructed = Front(server.grpc_url, "--prompt-as-instruction")
     try:
         with open(path, "rb") as f:
             got = instructed.openai().audio.transcriptions.create(model=SERVED, file=f, prompt=instruction).text
