@@ -74,9 +74,9 @@ stamp "checking imports"
 import nemo.collections.speechlm2.modules.perception
 from nemo.collections.speechlm2.models.salm import replace_placeholders_and_build_targets
 from nemo.collections.asr.modules import AudioToMelSpectrogramPreprocessor
-import canary_trt.audio, canary_trt.tokenizer, canary_trt.reference, canary_trt.transcribe
+import canary_trt.audio, canary_trt.tokenizer, canary_trt.tokenizer_build, canary_trt.reference, canary_trt.transcribe
 import canary_trt.random_checkpoint, soundfile, soxr, nemo, lightning, transformers, numpy
-from canary_trt.tokenizer import qwen_vocab_file
+from canary_trt.tokenizer_build import qwen_vocab_file
 print("imports ok: nemo", nemo.__version__, "| lightning", lightning.__version__, "| transformers",
       transformers.__version__, "| numpy", numpy.__version__, "| vocab", qwen_vocab_file())
 EOF

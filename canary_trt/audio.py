@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from .contract import SAMPLE_RATE
 
 
 class AudioError(ValueError):

@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 
 from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, Checkpoint, expected_shapes
-from .tokenizer import write_qwen3_tokenizer
+from .tokenizer_build import write_qwen3_tokenizer
 
 SIZES = ("tiny", "full")
 

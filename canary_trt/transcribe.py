@@ -12,9 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .audio import duration
+from .contract import MAX_NEW_TOKENS
 from .tokenizer import DEFAULT_INSTRUCTION, asr_prompt_ids, decode
-
-MAX_NEW_TOKENS = 128
 
 
 @dataclass

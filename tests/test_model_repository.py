@@ -11,7 +11,8 @@ MODELS = {"audio_check", "encoder", "adapter", "decoder", "detokenizer", "canary
 PUBLIC_INPUTS = {"WAV": (mc.TYPE_FP32, [-1]), "WAV_LENS": (mc.TYPE_INT32, [1]),
                  "PROMPT": (mc.TYPE_STRING, [1]), "MAX_NEW_TOKENS": (mc.TYPE_INT32, [1])}  # fmt: skip
 PUBLIC_OUTPUTS = {"TRANSCRIPT": (mc.TYPE_STRING, [1]), "TOKEN_IDS": (mc.TYPE_INT32, [-1])}
-DECODER_INPUTS = {"input_ids", "input_lengths", "request_output_len", "end_id", "pad_id", "prompt_embedding_table", "prompt_vocab_size"}
+DECODER_INPUTS = {"input_ids", "input_lengths", "request_output_len", "end_id", "pad_id", "prompt_embedding_table",
+                  "prompt_vocab_size", "runtime_top_k"}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +54,9 @@ def test_configs_parse_and_ensemble_is_wired(repository):
     assert {i.name: (i.data_type, _dims(i)) for i in ensemble.input} == PUBLIC_INPUTS
     assert {o.name: (o.data_type, _dims(o)) for o in ensemble.output} == PUBLIC_OUTPUTS
     assert {i.name for i in ensemble.input if i.optional} == {"PROMPT", "MAX_NEW_TOKENS"}
+    # One clip per request in both flavours: the tensorrtllm backend refuses a multi-sequence request that is
+    # not decoupled (utils.cc, createRequestsFromInputTensors), so Triton refuses it at the ensemble instead.
+    assert ensemble.max_batch_size == 1
 
     available = {i.name: (i.data_type, _dims(i), i.optional) for i in ensemble.input}
     for step in ensemble.ensemble_scheduling.step:
@@ -98,6 +102,7 @@ def test_gpu_flavour_specifics(gpu_repository, tiny_checkpoint):
     assert params["gpt_model_path"].endswith("trtllm_engine")
     assert decoder.max_batch_size == 256
     assert configs["audio_check"].backend == "python"  # bad audio is refused before the TensorRT engine
+    assert float(configs["audio_check"].parameters["bucket_seconds"].string_value) > 0  # equal shapes batch
     for name in ("audio_check", "adapter", "detokenizer"):  # the container's own Python, not this machine's venv
         assert "EXECUTION_ENV_PATH" not in configs[name].parameters
 

@@ -2,7 +2,7 @@
 
 import torch
 
-from canary_trt.export.presets import audio_rows
+from canary_trt.contract import audio_rows
 from canary_trt.tokenizer import asr_prompt_ids
 from canary_trt.transcribe import transcribe
 

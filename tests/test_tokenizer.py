@@ -9,15 +9,15 @@ from tokenizers import Tokenizer
 from canary_trt.tokenizer import (
     AUDIO_PLACEHOLDER,
     DEFAULT_INSTRUCTION,
+    QwenTokenizer,
     asr_prompt_ids,
     decode,
     eos_id,
     load_tokenizer,
     pad_id,
     placeholder_id,
-    qwen_vocab_file,
-    write_qwen3_tokenizer,
 )
+from canary_trt.tokenizer_build import qwen_vocab_file, write_qwen3_tokenizer
 
 # What the real Qwen3-1.7B tokenizer (plus SALM's placeholder) gives.
 ASR_PROMPT_IDS = [151644, 872, 198, 3167, 3114, 279, 2701, 25, 220, 151669, 151645, 198, 151644, 77091, 198]
@@ -63,7 +63,7 @@ def tok(qwen3_dir):
 
 
 def _encode(tok, text: str) -> list[int]:
-    return tok.encode(text, add_special_tokens=False)
+    return tok.encode(text)
 
 
 def test_asr_prompt_ids(tok):
@@ -75,7 +75,7 @@ def test_special_ids(tok):
     assert placeholder_id(tok) == 151669
     assert eos_id(tok) == 151645
     assert pad_id(tok) == 151643
-    assert len(tok) == 151670
+    assert tok.backend.get_vocab_size(with_added_tokens=True) == 151670
 
 
 def test_hello_world(tok):
@@ -94,18 +94,16 @@ def test_bad_instruction(tok, instruction):
         asr_prompt_ids(tok, instruction)
 
 
-def test_prompt_needs_placeholder_token(qwen3_dir):
-    from transformers import AutoTokenizer
-
-    plain = AutoTokenizer.from_pretrained(qwen3_dir, local_files_only=True)
+def test_prompt_needs_placeholder_token(qwen3_dir, tok):
+    plain = QwenTokenizer(Tokenizer.from_file(str(qwen3_dir / "tokenizer.json")), eos_id(tok), pad_id(tok))
     with pytest.raises(ValueError, match="load_tokenizer"):
         asr_prompt_ids(plain)
 
 
 def test_added_tokens(tok):
     ids = list(range(151643, 151669))
-    assert tok.convert_ids_to_tokens(ids) == QWEN3_ADDED
-    decoder = tok.added_tokens_decoder
+    assert [tok.backend.id_to_token(i) for i in ids] == QWEN3_ADDED
+    decoder = tok.backend.get_added_tokens_decoder()
     assert {i: decoder[i].special for i in ids} == {i: i in QWEN3_SPECIAL_IDS for i in ids}
     assert decoder[151669].content == AUDIO_PLACEHOLDER and decoder[151669].special
 
@@ -161,6 +159,28 @@ def test_written_files(qwen3_dir, tok):
     raw = Tokenizer.from_file(str(qwen3_dir / "tokenizer.json"))
     text = "<|im_start|>user\nHello world, 1234 €<|im_end|>\n"
     assert raw.encode(text, add_special_tokens=False).ids == _encode(tok, text)
+
+
+def test_same_as_transformers_auto_tokenizer(qwen3_dir, tok):
+    """The runtime tokenizer (plain `tokenizers`) against what transformers builds from the same files with
+    SALM's placeholder: the same ids, special ids and decoded text, so dropping transformers from serving
+    changes nothing."""
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(qwen3_dir, local_files_only=True)
+    hf.add_special_tokens({"additional_special_tokens": [AUDIO_PLACEHOLDER]})
+    assert (placeholder_id(tok), eos_id(tok), pad_id(tok)) == (
+        hf.convert_tokens_to_ids(AUDIO_PLACEHOLDER), hf.eos_token_id, hf.pad_token_id)  # fmt: skip
+    texts = [*_corpus(), "<|im_start|>user\nHi <think>x</think> <|audioplaceholder|><|im_end|>\n", "\n\n  \t 12345 ..."]
+    for text in texts:
+        ids = _encode(tok, text)
+        assert ids == hf.encode(text, add_special_tokens=False), text
+        assert decode(tok, ids) == hf.decode(ids, skip_special_tokens=True).strip(), text
+    special = [151644, *QWEN3_SPECIAL_IDS, 151667, 151669, *_encode(tok, "Hello world"), 151645, 151643]
+    assert decode(tok, special) == hf.decode(special, skip_special_tokens=True).strip()
+    for instruction in (DEFAULT_INSTRUCTION, "Transcribe the following in Polish:"):
+        assert asr_prompt_ids(tok, instruction) == hf.encode(
+            f"<|im_start|>user\n{instruction} {AUDIO_PLACEHOLDER}<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)
 
 
 def test_write_is_deterministic(qwen3_dir, tmp_path):

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..checkpoint import Checkpoint
+from ..contract import MAX_NEW_TOKENS, Budgets
 from ..manifest import MANIFEST, read_manifest, write_manifest
 from ..tokenizer import copy_tokenizer_files
 from . import decoder_onnx, encoder_onnx
@@ -54,7 +55,8 @@ class Step:
     engine: bool = False  # a TensorRT / TensorRT-LLM step: the `engines` stage
 
 
-def plan(checkpoint: Checkpoint, out: Path, target: str, precision: str | None, preset_name: str | None) -> list[Step]:
+def plan(checkpoint: Checkpoint, out: Path, target: str, precision: str | None, preset_name: str | None,
+         max_new_tokens: int = MAX_NEW_TOKENS, calib_dataset: Path | None = None) -> list[Step]:
     if target not in PRECISIONS:
         raise ValueError(f"unknown target {target!r}; choose cpu or gpu")
     precision = precision or PRECISIONS[target][0]
@@ -71,6 +73,9 @@ def plan(checkpoint: Checkpoint, out: Path, target: str, precision: str | None, 
                 "tokenizer": TOKENIZER_DIR}  # fmt: skip
 
     if target == "cpu":
+        if calib_dataset is not None:
+            raise ValueError("--calib-dataset calibrates the GPU build's FP8 LLM; it does not apply to --target cpu")
+        manifest["budgets"] = Budgets(max_new_tokens=max_new_tokens).to_manifest()
         layers, kv_heads, head_dim = llm["num_hidden_layers"], llm["num_key_value_heads"], llm.get("head_dim") or hidden // llm["num_attention_heads"]
         steps.append(Step(
             "decoder ONNX (Qwen3, LoRA merged, explicit KV cache) + embed_tokens.npy",
@@ -88,7 +93,7 @@ def plan(checkpoint: Checkpoint, out: Path, target: str, precision: str | None, 
                               action=lambda: quantize.quantize_decoder_int8(out / decoder_onnx.ONNX_NAME, out / quantize.INT8_NAME)))  # fmt: skip
             manifest.update(encoder=quantize.ENCODER_INT8_NAME, decoder=quantize.INT8_NAME)
     else:
-        steps += _gpu_steps(checkpoint, out, precision, preset_name or DEFAULT_PRESET, manifest)
+        steps += _gpu_steps(checkpoint, out, precision, preset_name or DEFAULT_PRESET, manifest, max_new_tokens, calib_dataset)
 
     steps.append(Step("tokenizer", f"{checkpoint.llm_path} -> {TOKENIZER_DIR}/",
                       action=lambda: copy_tokenizer_files(checkpoint.llm_path, out / TOKENIZER_DIR), cheap=True))  # fmt: skip
@@ -98,25 +103,25 @@ def plan(checkpoint: Checkpoint, out: Path, target: str, precision: str | None, 
     return steps
 
 
-def _gpu_steps(checkpoint, out, precision, preset_name, manifest) -> list[Step]:
+def _gpu_steps(checkpoint, out, precision, preset_name, manifest, max_new_tokens, calib_dataset) -> list[Step]:
     from . import hf_checkpoint, tensorrt, trtllm
     from .presets import get_preset
 
-    preset = get_preset(preset_name, **GPU_PRECISION[precision])
+    preset = get_preset(preset_name, max_new_tokens=max_new_tokens, **GPU_PRECISION[precision])
+    calibration = trtllm.check_calibration(preset, calib_dataset)  # before any work: fp8 needs local text
     onnx_path, engine = out / encoder_onnx.FILE, out / tensorrt.ENGINE
     hf_dir, ckpt_dir, engine_dir = out / HF_DIR, out / "trtllm_checkpoint", out / "trtllm_engine"
     shapes = ", ".join(f"{name} min/opt/max {list(s)}" for name, s in preset.encoder_shapes().items())
     manifest.update(preset=preset.name, encoder_engine=tensorrt.ENGINE, llm_engine=engine_dir.name,
                     max_batch_size=preset.llm_max_batch, encoder_max_batch_size=preset.encoder_max_batch,
-                    max_audio_seconds=preset.max_audio_seconds, audio_rows=preset.audio_rows,
-                    kv_cache_free_gpu_mem_fraction=preset.kv_cache_free_gpu_mem_fraction)  # fmt: skip
+                    budgets=preset.budgets.to_manifest(), kv_cache_free_gpu_mem_fraction=preset.kv_cache_free_gpu_mem_fraction)  # fmt: skip
     return [
         Step(f"encoder TensorRT engine ({preset.encoder_precision}; front end, LayerNorm, Softmax in FP32)", shapes,
-             command=lambda: tensorrt.trtexec_command(onnx_path, engine, preset, out / "timing.cache"), engine=True),
+             command=lambda: tensorrt.build_command(onnx_path, engine, preset, out / "timing.cache"), engine=True),
         Step("merged HF Qwen3 checkpoint (float16, explicit lm_head)", str(hf_dir),
              action=lambda: hf_checkpoint.write_merged_hf_checkpoint(checkpoint, hf_dir, "float16")),
         Step(f"TensorRT-LLM checkpoint (quantization: {preset.llm_quantization})", str(ckpt_dir),
-             command=lambda: trtllm.convert_command(hf_dir, ckpt_dir, preset), engine=True),
+             command=lambda: trtllm.convert_command(hf_dir, ckpt_dir, preset, calibration), engine=True),
         Step("TensorRT-LLM engine", f"max_batch_size {preset.llm_max_batch}, max_input_len {preset.max_input_len}, "
              f"max_seq_len {preset.max_seq_len}, max_prompt_embedding_table_size {preset.max_prompt_embedding_table_size} "
              f"({preset.audio_rows} audio rows x {preset.llm_max_batch})",
@@ -125,15 +130,17 @@ def _gpu_steps(checkpoint, out, precision, preset_name, manifest) -> list[Step]:
 
 
 def export(checkpoint_dir, out, target: str = "cpu", precision: str | None = None, preset: str | None = None,
-           dry_run: bool = False, log=print, stage: str = "all") -> list[Step]:  # fmt: skip
-    """`stage` (GPU): all | prepare | engines, see the module doc."""
+           dry_run: bool = False, log=print, stage: str = "all", max_new_tokens: int = MAX_NEW_TOKENS,
+           calib_dataset: Path | None = None) -> list[Step]:  # fmt: skip
+    """`stage` (GPU): all | prepare | engines, see the module doc. `max_new_tokens`: the build's budget per
+    request (the GPU engine's max_seq_len follows). `calib_dataset`: a local text data set, for fp8 only."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
     if stage != "all" and target != "gpu":
         raise ValueError(f"--stage {stage} splits a GPU build; a CPU build has one stage")
     checkpoint = Checkpoint.open(checkpoint_dir)
     out = Path(out).resolve()
-    steps = [step for step in plan(checkpoint, out, target, precision, preset)
+    steps = [step for step in plan(checkpoint, out, target, precision, preset, max_new_tokens, calib_dataset)
              if stage == "all" or step.engine == (stage == "engines")]  # fmt: skip
     if stage == "engines" and not dry_run:
         _check_prepared(out, checkpoint, precision or PRECISIONS[target][0], preset or DEFAULT_PRESET)
@@ -146,6 +153,7 @@ def export(checkpoint_dir, out, target: str = "cpu", precision: str | None = Non
         from .presets import require_gpu_stack
 
         require_gpu_stack()  # fail at once, not after minutes of ONNX export
+    began = time.time() - 1  # file times can lag the clock by a tick
     for number, step in enumerate(steps, 1):
         log(f"[{number}/{len(steps)}] {step.title}\n      {step.detail}")
         command = step.command() if step.command else None  # after the steps before it have run
@@ -160,10 +168,16 @@ def export(checkpoint_dir, out, target: str = "cpu", precision: str | None = Non
         else:
             step.action()
         log(f"      done in {time.perf_counter() - start:.1f} s")
-    for path in out.rglob("*"):  # exporters write some files 0600; the serving user must read them all
-        if not path.is_symlink():
-            path.chmod(0o755 if path.is_dir() else 0o644)
+    _make_readable(out, began)
     return steps
+
+
+def _make_readable(out: Path, since: float) -> None:
+    """Exporters write some files 0600, and the serving user must read them all: open up what this export
+    wrote (changed since it began), never the files a user keeps in the folder."""
+    for path in out.rglob("*"):
+        if not path.is_symlink() and path.stat().st_mtime >= since:
+            path.chmod(0o755 if path.is_dir() else 0o644)
 
 
 def _check_prepared(out: Path, checkpoint: Checkpoint, precision: str, preset: str) -> None:

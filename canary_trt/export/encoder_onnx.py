@@ -50,15 +50,11 @@ def export_encoder_onnx(checkpoint: Checkpoint, out_dir: Path) -> Path:
     graph = EncoderGraph(checkpoint, checkpoint.read_weights((PERCEPTION,)))
     # Two clips of different lengths, so no length-dependent branch is traced as a constant.
     example = (torch.randn(2, 32000) * 0.1, torch.tensor([32000, 20000], dtype=torch.int32))
-    typecheck.set_typecheck_enabled(enabled=False)  # NeMo's type checks do not trace
-    try:
-        with torch.no_grad(), onnx_file(out_dir / FILE) as scratch:
-            torch.onnx.export(
-                graph, example, str(scratch), dynamo=False, opset_version=OPSET,
-                input_names=list(INPUTS), output_names=list(OUTPUTS),
-                dynamic_axes={"WAV": {0: "batch", 1: "samples"}, "WAV_LENS": {0: "batch"},
-                              "audio_embeddings": {0: "batch", 1: "frames"}, "audio_lengths": {0: "batch"}},
-            )  # fmt: skip
-    finally:
-        typecheck.set_typecheck_enabled(enabled=True)
+    with typecheck.disable_checks(), torch.no_grad(), onnx_file(out_dir / FILE) as scratch:  # checks do not trace
+        torch.onnx.export(
+            graph, example, str(scratch), dynamo=False, opset_version=OPSET,
+            input_names=list(INPUTS), output_names=list(OUTPUTS),
+            dynamic_axes={"WAV": {0: "batch", 1: "samples"}, "WAV_LENS": {0: "batch"},
+                          "audio_embeddings": {0: "batch", 1: "frames"}, "audio_lengths": {0: "batch"}},
+        )  # fmt: skip
     return out_dir / FILE

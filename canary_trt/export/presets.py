@@ -11,8 +11,7 @@ import importlib.util
 import shutil
 from dataclasses import dataclass
 
-from ..audio import SAMPLE_RATE
-from ..transcribe import MAX_NEW_TOKENS
+from ..contract import MAX_AUDIO_SECONDS, MAX_NEW_TOKENS, MAX_PROMPT_TOKENS, MIN_AUDIO_SECONDS, SAMPLE_RATE, Budgets
 
 # The pinned stack (GPU.md "Pins"): the last TensorRT-LLM line with the engine flow (trtllm-build and the
 # C++ `tensorrtllm` Triton backend) and the NGC container that carries it with a matching TensorRT.
@@ -20,24 +19,10 @@ TRITON_CONTAINER = "nvcr.io/nvidia/tritonserver:26.04-trtllm-python-py3"
 TENSORRT_VERSION = "10.14.1.48"
 TENSORRT_LLM_VERSION = "1.2.1"
 
-HOP_SAMPLES = 160  # 10 ms mel hop
-SUBSAMPLING_CONVS = 3  # dw_striding x8: three stride-2 convolutions
-
-MIN_AUDIO_SECONDS = 0.1  # shortest clip the encoder profile accepts (2 embeddings); shorter input is padded
-PROMPT_TOKENS = 15  # the default ASR prompt, placeholder included (MODEL.md section 6)
 LLM_DTYPE = "float16"  # the prompt table crosses python models, which cannot carry BF16 (GPU.md)
 ENCODER_PRECISIONS = ("fp16", "bf16")
 LLM_QUANTIZATIONS = ("none", "int8_wo", "fp8")
 FP8_MIN_SM = 89  # FP8 tensor cores: Ada (8.9), Hopper (9.0), Blackwell
-
-
-def audio_rows(samples: int) -> int:
-    """Audio embeddings (prompt-table rows) for a clip of `samples`: NeMo's valid mel frames floor(N / 160),
-    then L -> floor((L - 1) / 2) + 1 per stride-2 convolution. 40 s (640000 samples) -> 500."""
-    length = samples // HOP_SAMPLES
-    for _ in range(SUBSAMPLING_CONVS):
-        length = (length - 1) // 2 + 1
-    return length
 
 
 @dataclass(frozen=True)
@@ -61,9 +46,9 @@ class Preset:
     # "none" (FP16 weights and KV cache) is the safe default: FP8 scales are calibrated on text, never on
     # audio-embedding activations; int8_wo (W8A16) only trims weight memory, which a 1.7B model barely needs.
     llm_quantization: str = "none"
-    max_audio_seconds: float = 40.0  # the model's training clips are at most 40 s
-    max_prompt_tokens: int = 64  # room for a longer instruction than the default 15-token prompt
-    max_new_tokens: int = MAX_NEW_TOKENS
+    max_audio_seconds: float = MAX_AUDIO_SECONDS
+    max_prompt_tokens: int = MAX_PROMPT_TOKENS
+    max_new_tokens: int = MAX_NEW_TOKENS  # export --max-new-tokens: the engine's max_seq_len follows
 
     def __post_init__(self):
         problems = []
@@ -79,29 +64,37 @@ class Preset:
             problems.append("batch sizes must satisfy 1 <= opt_batch <= encoder_max_batch and llm_max_batch >= 1")
         if not MIN_AUDIO_SECONDS <= self.opt_seconds <= self.max_audio_seconds:
             problems.append(f"opt_seconds must lie in [{MIN_AUDIO_SECONDS}, max_audio_seconds]")
-        if self.max_prompt_tokens < PROMPT_TOKENS or self.max_new_tokens < 1:
-            problems.append(f"max_prompt_tokens must be >= {PROMPT_TOKENS} and max_new_tokens >= 1")
-        elif self.max_num_tokens < self.max_input_len:  # without chunked context a prompt is one step
-            problems.append(f"max_num_tokens {self.max_num_tokens} < max_input_len {self.max_input_len}")
+        try:
+            self.budgets
+        except ValueError as e:
+            problems.append(str(e))
+        else:
+            if self.max_num_tokens < self.max_input_len:  # without chunked context a prompt is one step
+                problems.append(f"max_num_tokens {self.max_num_tokens} < max_input_len {self.max_input_len}")
         if problems:
             raise ValueError(f"preset {self.name!r}: " + "; ".join(problems))
 
     @property
+    def budgets(self) -> Budgets:
+        """The request budgets this engine is built for (export.json records them; the adapter enforces them)."""
+        return Budgets(self.max_audio_seconds, self.max_prompt_tokens, self.max_new_tokens)
+
+    @property
     def max_samples(self) -> int:
-        return round(self.max_audio_seconds * SAMPLE_RATE)
+        return self.budgets.max_samples
 
     @property
     def audio_rows(self) -> int:
         """R: the most audio embeddings one request carries."""
-        return audio_rows(self.max_samples)
+        return self.budgets.audio_rows
 
     @property
     def max_input_len(self) -> int:
-        return self.max_prompt_tokens - 1 + self.audio_rows  # the placeholder becomes R rows
+        return self.budgets.max_input_len
 
     @property
     def max_seq_len(self) -> int:
-        return self.max_input_len + self.max_new_tokens
+        return self.budgets.max_seq_len
 
     @property
     def max_prompt_embedding_table_size(self) -> int:
@@ -177,7 +170,8 @@ def require_module(name: str) -> None:
 
 
 def require_gpu_stack() -> None:
-    """Fail before any slow step when this is not the pinned container."""
-    require_executable("trtexec")
+    """Fail before any slow step when this is not the pinned container. The encoder engine is built with
+    TensorRT's Python API (export/tensorrt.py): `trtexec` is not on the container's PATH."""
+    require_module("tensorrt")
     require_module("tensorrt_llm")
     require_executable("trtllm-build")

@@ -10,10 +10,14 @@ import sys
 from importlib import resources
 from pathlib import Path
 
+from ..contract import CLIPS_PER_REQUEST, Budgets
+
 LAYERS = {"cpu": ("common", "cpu"), "gpu": ("common", "gpu")}
+# Pieces shared by several templates, each filled in as one ${name} (decoder_io: the decoder's tensors in both
+# flavours; queue_policy: every dynamic batcher's bounded queue).
 DECODER_IO = "common/decoder_io.pbtxt"
+QUEUE_POLICY = "common/queue_policy.pbtxt"
 REPOSITORY = "model_repository"
-MAX_NEW_TOKENS_DEFAULT = 128
 # CPU: the decoder works through every request the batcher hands over at once, so a short wait to
 # gather concurrent requests costs little next to seconds of decoding. GPU: in-flight batching needs none.
 QUEUE_DELAY_US = {"cpu": 20_000, "gpu": 1_000}
@@ -24,7 +28,16 @@ CPU_MAX_BATCH = 32
 # batching drains far faster; a deeper queue, a shorter wait.
 MAX_QUEUE_SIZE = {"cpu": 64, "gpu": 1024}
 QUEUE_TIMEOUT_US = {"cpu": 300_000_000, "gpu": 120_000_000}
-MAX_AUDIO_SECONDS_DEFAULT = 40.0  # the model's training clips are at most 40 s (GPU: the preset's)
+# The GPU decoder (the tensorrtllm backend, model_repository/gpu/decoder): no wait in Triton's batcher,
+# the executor batches in flight (the encoder keeps QUEUE_DELAY_US). CUDA graphs for generation-only
+# steps, an LRU of this many captured batch shapes: on by default, overridable for an on/off comparison.
+GPU_DECODER_QUEUE_DELAY_US = 0
+GPU_DECODER_CUDA_GRAPHS = True
+GPU_DECODER_CUDA_GRAPH_CACHE_SIZE = 64
+# audio_check's length buckets. GPU: the TensorRT encoder batches only equal shapes; 2 s buckets waste at
+# most 2 s of compute per clip (1 s on average, ~10% on LibriSpeech-length clips) and give 20 shapes up to
+# 40 s, so a few hundred requests in flight meet in batches. CPU: the python encoder pads each batch itself.
+BUCKET_SECONDS = {"cpu": 0.0, "gpu": 2.0}
 
 
 def templates() -> Path:
@@ -39,10 +52,11 @@ def values_for(manifest: dict, build: Path, overrides: dict | None = None) -> di
         "build_dir": str(build.resolve()),
         "hidden_size": manifest["hidden_size"],
         "queue_delay_us": QUEUE_DELAY_US[flavour],
-        "max_new_tokens": MAX_NEW_TOKENS_DEFAULT,
         "max_queue_size": MAX_QUEUE_SIZE[flavour],
         "queue_timeout_us": QUEUE_TIMEOUT_US[flavour],
-        "max_audio_seconds": manifest.get("max_audio_seconds", MAX_AUDIO_SECONDS_DEFAULT),
+        "max_audio_seconds": Budgets.from_manifest(manifest).max_audio_seconds,
+        "clips_per_request": CLIPS_PER_REQUEST,
+        "bucket_seconds": BUCKET_SECONDS[flavour],
         # CPU: the python stub runs this venv's packages. GPU: the container's own Python (install the
         # package there), so no environment parameter at all.
         "python_env": "" if flavour == "gpu" else
@@ -54,12 +68,18 @@ def values_for(manifest: dict, build: Path, overrides: dict | None = None) -> di
     else:
         values.update(max_batch_size=manifest["max_batch_size"], encoder_max_batch_size=manifest["encoder_max_batch_size"],
                       llm_engine_dir=str((build / manifest["llm_engine"]).resolve()),
-                      kv_cache_free_gpu_mem_fraction=manifest["kv_cache_free_gpu_mem_fraction"])  # fmt: skip
+                      kv_cache_free_gpu_mem_fraction=manifest["kv_cache_free_gpu_mem_fraction"],
+                      decoder_queue_delay_us=GPU_DECODER_QUEUE_DELAY_US,
+                      decoder_cuda_graph_mode=str(GPU_DECODER_CUDA_GRAPHS).lower(),
+                      decoder_cuda_graph_cache_size=GPU_DECODER_CUDA_GRAPH_CACHE_SIZE)  # fmt: skip
     unknown = set(overrides or {}) - set(values)
     if unknown:
         raise ValueError(f"no such template value: {', '.join(sorted(unknown))}")
     values.update(overrides or {})
-    return {k: str(v) for k, v in values.items()}
+    values = {k: str(v) for k, v in values.items()}
+    # filled last, so that an override (a tiny max_queue_size for an overload test) reaches it too
+    values["queue_policy"] = fill((templates() / QUEUE_POLICY).read_text(encoding="utf-8"), values, templates() / QUEUE_POLICY)
+    return values
 
 
 def write_model_repository(build: Path, manifest: dict, overrides: dict | None = None, out: Path | None = None) -> Path:

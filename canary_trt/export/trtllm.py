@@ -11,17 +11,23 @@ The engine is FP16 whatever the quantization: the prompt table it receives is FP
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .presets import LLM_DTYPE, LLM_QUANTIZATIONS, MissingToolError, Preset, require_executable, require_module
+from .presets import LLM_DTYPE, LLM_QUANTIZATIONS, MissingToolError, Preset, require_module
 
 MODULE = "canary_trt.export.trtllm"
-# TensorRT-LLM's example default: a Hugging Face dataset name or a local dataset directory. The GPU machine
-# may be offline: pass a local copy there. (verify: loading a local directory in ModelOpt's calibration)
-CALIB_DATASET = "ccdv/cnn_dailymail"
+# FP8 calibration data. QWenForCausalLM.quantize (tensorrt_llm/models/qwen/model.py @ 04a2cacb) hands
+# `calib_dataset` to ModelOpt's flow, whose get_calib_dataloader (tensorrt_llm/quantization/
+# quantize_by_modelopt.py @ 585c7565) reads a local directory with `datasets.load_dataset(dir, split="train")`
+# and takes the first `calib_batches` (default 512) rows of its "text" column. Its default, cnn_dailymail,
+# comes from the Hub, which the export Job cannot reach, and names containing "cnn_dailymail", "scienceqa"
+# or "science_qa", or equal to "pileval", take other branches there (other columns, or a download).
+CALIB_TEXT_COLUMN = "text"
+CALIB_SAMPLES = 512  # what TensorRT-LLM reads of the set by default
+MIN_CALIB_TEXTS = 32  # fewer gives activation scales from too little data to trust
+CALIB_RESERVED_NAMES = ("cnn_dailymail", "scienceqa", "science_qa")
 
 
 @dataclass(frozen=True)
@@ -42,11 +48,52 @@ QUANTIZATIONS = {
 }
 
 
-def convert_command(hf_dir: Path, ckpt_dir: Path, preset: Preset, calib_dataset: str = CALIB_DATASET) -> list[str]:
+def check_calibration(preset: Preset, calib_dataset: Path | None) -> Path | None:
+    """The calibration set a preset's LLM quantization needs, checked before any work: fp8 needs a local
+    text data set of at least MIN_CALIB_TEXTS non-empty rows; the other precisions take none."""
+    if not QUANTIZATIONS[preset.llm_quantization].calibrated:
+        if calib_dataset is not None:
+            raise ValueError(f"--calib-dataset calibrates FP8 only; quantization {preset.llm_quantization!r} needs none")
+        return None
+    if calib_dataset is None:
+        raise ValueError("--precision fp8 needs --calib-dataset DIR: a local text data set for the LLM's FP8 scales "
+                         "(the build runs offline; TensorRT-LLM's default, cnn_dailymail, is downloaded from the Hub). "
+                         f"DIR holds e.g. train.jsonl with one {{\"{CALIB_TEXT_COLUMN}\": ...}} per line: transcripts "
+                         "of the speech you serve suit it best (docs/GPU.md)")  # fmt: skip
+    path = Path(calib_dataset).resolve()
+    if not path.is_dir():
+        raise FileNotFoundError(f"--calib-dataset {calib_dataset}: no such directory")
+    lowered = str(path).lower()
+    reserved = [name for name in CALIB_RESERVED_NAMES if name in lowered] + (["pileval"] * (path.name == "pileval"))
+    if reserved:
+        raise ValueError(f"--calib-dataset {path}: TensorRT-LLM treats a path containing {reserved[0]!r} as its own "
+                         "named data set (other columns, or a download); rename the directory")  # fmt: skip
+    texts = _calibration_texts(path)
+    if len(texts) < MIN_CALIB_TEXTS:
+        raise ValueError(f"--calib-dataset {path}: {len(texts)} non-empty {CALIB_TEXT_COLUMN!r} rows in its train "
+                         f"split; FP8 calibration needs at least {MIN_CALIB_TEXTS} (TensorRT-LLM reads up to {CALIB_SAMPLES})")  # fmt: skip
+    return path
+
+
+def _calibration_texts(path: Path) -> list[str]:
+    """The rows TensorRT-LLM will read, loaded the way it loads them."""
+    import datasets
+
+    try:
+        split = datasets.load_dataset(str(path), split="train")
+    except Exception as e:  # datasets raises many kinds for an unreadable folder; name the folder
+        raise ValueError(f"--calib-dataset {path}: `datasets.load_dataset` cannot read a train split: {e}") from None
+    if CALIB_TEXT_COLUMN not in split.column_names:
+        raise ValueError(f"--calib-dataset {path}: its train split has columns {split.column_names}, no {CALIB_TEXT_COLUMN!r}")
+    rows = split[:CALIB_SAMPLES][CALIB_TEXT_COLUMN]
+    return [text for text in rows if isinstance(text, str) and text.strip()]
+
+
+def convert_command(hf_dir: Path, ckpt_dir: Path, preset: Preset, calib_dataset: Path | None = None) -> list[str]:
     command = [sys.executable, "-m", MODULE, "--hf-dir", str(hf_dir), "--out", str(ckpt_dir),
                "--quantization", preset.llm_quantization]  # fmt: skip
     if QUANTIZATIONS[preset.llm_quantization].calibrated:
-        command += ["--calib-dataset", calib_dataset]
+        command += ["--calib-dataset", str(calib_dataset)]
     return command
 
 
@@ -72,19 +119,7 @@ def build_command(ckpt_dir: Path, engine_dir: Path, preset: Preset) -> list[str]
     return ["trtllm-build", *(arg for name, value in flags.items() for arg in (f"--{name}", str(value)))]
 
 
-def convert_llm_checkpoint(hf_dir: Path, ckpt_dir: Path, preset: Preset, calib_dataset: str = CALIB_DATASET) -> Path:
-    require_module("tensorrt_llm")  # the child runs on this interpreter
-    subprocess.run(convert_command(hf_dir, ckpt_dir, preset, calib_dataset), check=True)
-    return ckpt_dir
-
-
-def build_llm_engine(ckpt_dir: Path, engine_dir: Path, preset: Preset) -> Path:
-    require_executable("trtllm-build")
-    subprocess.run(build_command(ckpt_dir, engine_dir, preset), check=True)
-    return engine_dir
-
-
-def convert(hf_dir: Path, ckpt_dir: Path, quantization: str, calib_dataset: str) -> None:
+def convert(hf_dir: Path, ckpt_dir: Path, quantization: str, calib_dataset: Path | None) -> None:
     """The TensorRT-LLM Python API calls themselves; only `python -m canary_trt.export.trtllm` runs this."""
     from tensorrt_llm.mapping import Mapping
     from tensorrt_llm.models import QWenForCausalLM
@@ -99,7 +134,7 @@ def convert(hf_dir: Path, ckpt_dir: Path, quantization: str, calib_dataset: str)
     mapping = Mapping(world_size=1)
     if spec.calibrated:
         QWenForCausalLM.quantize(str(hf_dir), str(ckpt_dir), dtype=LLM_DTYPE, mapping=mapping,
-                                 quant_config=quant_config, calib_dataset=calib_dataset)  # fmt: skip
+                                 quant_config=quant_config, calib_dataset=str(calib_dataset))  # fmt: skip
     else:
         model = QWenForCausalLM.from_hugging_face(str(hf_dir), dtype=LLM_DTYPE, mapping=mapping,
                                                   quant_config=quant_config)  # fmt: skip
@@ -111,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hf-dir", required=True, type=Path)
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--quantization", choices=LLM_QUANTIZATIONS, default="none")
-    parser.add_argument("--calib-dataset", default=CALIB_DATASET)
+    parser.add_argument("--calib-dataset", type=Path, help="fp8: a local text data set (checked by the export)")
     args = parser.parse_args(argv)
     try:
         require_module("tensorrt_llm")

@@ -2,7 +2,9 @@
 
 The chat prompt (default instruction, or the request's PROMPT) has its placeholder replaced by fake ids
 vocab_size .. vocab_size + T' - 1; the embeddings become the request's FP16 prompt table (python models
-cannot carry BF16, and the TensorRT-LLM engine is built in FP16).
+cannot carry BF16, and the TensorRT-LLM engine is built in FP16). The build's budgets (export.json: prompt
+tokens, new tokens, audio rows; the GPU engine is built for exactly these) are enforced here, by name, so
+both flavours refuse the same requests with the same words.
 """
 
 from __future__ import annotations
@@ -11,11 +13,12 @@ import functools
 
 import numpy as np
 
+from ..contract import MAX_PROMPT_BYTES, Budgets
 from ..decoding import splice_fake_ids
 from ..tokenizer import DEFAULT_INSTRUCTION, asr_prompt_ids, eos_id, load_tokenizer, pad_id, placeholder_id
-from .triton import BadRequest, build_manifest, guarded, parameters, per_request, tensor
+from .triton import BadRequest, build_manifest, guarded, per_request, tensor
 
-MAX_PROMPT_BYTES = 2000
+GREEDY_TOP_K = 1  # sent explicitly: the engine's sampling defaults are not greedy everywhere
 
 
 class TritonPythonModel:
@@ -24,14 +27,18 @@ class TritonPythonModel:
         self.tokenizer = load_tokenizer(build / manifest["tokenizer"])
         self.placeholder_id, self.eos_id, self.pad_id = placeholder_id(self.tokenizer), eos_id(self.tokenizer), pad_id(self.tokenizer)
         self.vocab_size = manifest["vocab_size"]
-        self.max_new_tokens = int(parameters(args)["max_new_tokens"])
+        self.budgets = Budgets.from_manifest(manifest)
+        self.prompt_ids = functools.lru_cache(maxsize=256)(self._prompt_ids)  # per instance: no hold on the class
 
-    @functools.lru_cache(maxsize=256)
-    def prompt_ids(self, instruction: str) -> tuple[int, ...]:
+    def _prompt_ids(self, instruction: str) -> tuple[int, ...]:
         try:
-            return tuple(asr_prompt_ids(self.tokenizer, instruction))
+            ids = tuple(asr_prompt_ids(self.tokenizer, instruction))
         except ValueError as e:
             raise BadRequest(f"PROMPT: {e}") from None
+        if len(ids) > self.budgets.max_prompt_tokens:
+            raise BadRequest(f"PROMPT too long: the chat prompt is {len(ids)} tokens; this build's max_prompt_tokens "
+                             f"is {self.budgets.max_prompt_tokens}")  # fmt: skip
+        return ids
 
     def execute(self, requests):
         return guarded("adapter", requests, lambda batch: per_request(batch, self.handle, "adapter"))
@@ -39,13 +46,19 @@ class TritonPythonModel:
     def handle(self, request) -> dict[str, np.ndarray]:
         embeddings, lengths = tensor(request, "audio_embeddings"), tensor(request, "audio_lengths")[:, 0]
         prompts, max_new = tensor(request, "PROMPT", required=False), tensor(request, "MAX_NEW_TOKENS", required=False)
+        if lengths.max() > self.budgets.audio_rows:
+            raise BadRequest(f"audio too long: {lengths.max()} audio embeddings; this build's audio_rows is "
+                             f"{self.budgets.audio_rows} ({self.budgets.max_audio_seconds:g} s)")  # fmt: skip
         ids = []
         for i in range(len(lengths)):
             instruction = DEFAULT_INSTRUCTION if prompts is None else _text(prompts[i, 0])
             ids.append(splice_fake_ids(self.prompt_ids(instruction), self.placeholder_id, int(lengths[i]), self.vocab_size))
-        new_tokens = np.full(len(ids), self.max_new_tokens, dtype=np.int32) if max_new is None else max_new[:, 0]
+        budget = self.budgets.max_new_tokens
+        new_tokens = np.full(len(ids), budget, dtype=np.int32) if max_new is None else max_new[:, 0]
         if (new_tokens < 1).any():
             raise BadRequest(f"MAX_NEW_TOKENS must be at least 1, got {new_tokens.min()}")
+        if (new_tokens > budget).any():
+            raise BadRequest(f"MAX_NEW_TOKENS {new_tokens.max()} is over this build's max_new_tokens {budget}")
         input_ids = np.full((len(ids), max(map(len, ids))), self.pad_id, dtype=np.int32)
         for i, row in enumerate(ids):
             input_ids[i, : len(row)] = row
@@ -58,6 +71,7 @@ class TritonPythonModel:
             "pad_id": column([self.pad_id] * len(ids)),
             "prompt_embedding_table": embeddings[:, : lengths.max()].astype(np.float16),
             "prompt_vocab_size": column(lengths),
+            "runtime_top_k": column([GREEDY_TOP_K] * len(ids)),
         }
 
 

@@ -1,17 +1,19 @@
 """`audio_check`: the ensemble's first step, in both flavours. Refuses bad audio with an error that
 names the problem before any model runs (the GPU encoder is a TensorRT engine that cannot), and passes
-good requests through unchanged. The CPU encoder applies the same rules when called directly."""
+good requests on. The CPU encoder applies the same rules when called directly.
+
+Length buckets (`bucket_seconds` > 0, the GPU flavour): WAV is zero-padded up to the next multiple of the
+bucket, WAV_LENS unchanged. Triton's dynamic batcher merges only requests of one shape, so without buckets
+the TensorRT encoder would nearly always run one clip at a time; the encoder reads only the first WAV_LENS
+samples of each row, so padding does not change its output (tested against the ONNX graph it is built from).
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
+from ..contract import MAX_AUDIO_SECONDS, MIN_AUDIO_SECONDS, MIN_SAMPLES, SAMPLE_RATE, bucket_length
 from .triton import BadRequest, guarded, parameters, per_request, tensor
-
-SAMPLE_RATE = 16000
-MIN_AUDIO_SECONDS = 0.1  # the GPU engine profile's minimum too; < 160 samples give no mel frame at all
-MIN_SAMPLES = round(MIN_AUDIO_SECONDS * SAMPLE_RATE)
-MAX_AUDIO_SECONDS = 40.0  # when the config names none: the model's training clips are at most 40 s
 
 
 def max_seconds(args: dict) -> float:
@@ -48,6 +50,8 @@ def check_clips(wav: np.ndarray, wav_lens: np.ndarray, max_seconds: float) -> li
 class TritonPythonModel:
     def initialize(self, args):
         self.max_seconds = max_seconds(args)
+        self.max_samples = round(self.max_seconds * SAMPLE_RATE)
+        self.bucket_samples = round(float(parameters(args).get("bucket_seconds", "0")) * SAMPLE_RATE)
 
     def execute(self, requests):
         return guarded("audio_check", requests, lambda batch: per_request(batch, self.handle, "audio_check"))
@@ -55,4 +59,7 @@ class TritonPythonModel:
     def handle(self, request) -> dict[str, np.ndarray]:
         wav, wav_lens = tensor(request, "WAV"), tensor(request, "WAV_LENS")
         check_clips(wav, wav_lens, self.max_seconds)
+        padded = bucket_length(wav.shape[1], self.bucket_samples, self.max_samples)
+        if padded > wav.shape[1]:
+            wav = np.pad(wav, ((0, 0), (0, padded - wav.shape[1])))
         return {"checked_wav": wav, "checked_wav_lens": wav_lens}

@@ -1,11 +1,14 @@
 """`decoder` (CPU flavour): the tensorrt_llm backend's tensor contract, served by batched greedy decoding
 of decoder.onnx in ONNX Runtime. All requests handed over at once decode together with a KV cache;
-each request's tokens do not depend on the others (decoding.py)."""
+each request's tokens do not depend on the others (decoding.py). The build's budgets bound every request
+(prompt length, new tokens), as the TensorRT-LLM engine's max_input_len / max_seq_len do on GPU, so one
+request cannot grow the KV cache without limit."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from ..contract import Budgets
 from ..decoding import GreedyDecoder, Request
 from .triton import BadRequest, batched, build_manifest, guarded, parameters, tensor
 
@@ -15,6 +18,7 @@ class TritonPythonModel:
         build, manifest = build_manifest(args)
         threads = int(parameters(args).get("threads", "0")) or None
         self.decoder = GreedyDecoder(build / manifest["decoder"], build / manifest["embeddings"], threads)
+        self.budgets = Budgets.from_manifest(manifest)
 
     def execute(self, requests):
         return guarded("decoder", requests, lambda batch: batched("decoder", batch, self.parse, self.decoder.generate, _pack))
@@ -23,8 +27,16 @@ class TritonPythonModel:
         ids, lengths = tensor(request, "input_ids"), tensor(request, "input_lengths")
         new_tokens, end_ids = tensor(request, "request_output_len"), tensor(request, "end_id", required=False)
         tables, rows = tensor(request, "prompt_embedding_table", required=False), tensor(request, "prompt_vocab_size", required=False)
+        top_k = tensor(request, "runtime_top_k", required=False)
         if end_ids is None:
             raise BadRequest("end_id is required by the CPU decoder")
+        if top_k is not None and (top_k != 1).any():
+            raise BadRequest(f"runtime_top_k {int(top_k.max())}: the CPU decoder decodes greedily (top_k 1) only")
+        if (lengths > self.budgets.max_input_len).any():
+            raise BadRequest(f"input_lengths {int(lengths.max())} is over this build's max_input_len {self.budgets.max_input_len}")
+        if (new_tokens > self.budgets.max_new_tokens).any():
+            raise BadRequest(f"request_output_len {int(new_tokens.max())} is over this build's max_new_tokens "
+                             f"{self.budgets.max_new_tokens}")  # fmt: skip
         items = []
         for i in range(ids.shape[0]):
             row_ids = ids[i, : lengths[i]]

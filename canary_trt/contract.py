@@ -1,0 +1,89 @@
+"""The model's fixed numbers and the serving budgets, in one torch-free place.
+
+Everything that must agree between export (engine shapes), the Triton configs, the python models, the
+client and the tests reads it from here: the audio rate and frame arithmetic, the clip length limits, the
+prompt and new-token budgets that size the TensorRT-LLM engine and bound the CPU decoder's KV cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+SAMPLE_RATE = 16000
+HOP_SAMPLES = 160  # 10 ms mel hop
+SUBSAMPLING_CONVS = 3  # dw_striding x8: three stride-2 convolutions -> 12.5 embeddings per second
+
+MIN_AUDIO_SECONDS = 0.1  # shorter clips give too few mel frames; the GPU engine profile's minimum too
+MIN_SAMPLES = round(MIN_AUDIO_SECONDS * SAMPLE_RATE)
+MAX_AUDIO_SECONDS = 40.0  # the model's training clips are at most 40 s
+
+PROMPT_TOKENS = 15  # the default ASR prompt, placeholder included (docs/MODEL.md)
+MAX_PROMPT_TOKENS = 64  # room for a longer instruction than the default
+MAX_NEW_TOKENS = 128  # the model card's and the leaderboard's generation budget
+MAX_PROMPT_BYTES = 2000  # checked before tokenizing: a cheap bound on what the tokenizer is handed
+
+CLIPS_PER_REQUEST = 1  # the ensemble's max_batch_size: the tensorrtllm backend takes one sequence per request
+
+
+def audio_rows(samples: int) -> int:
+    """Audio embeddings (prompt-table rows) for a clip of `samples`: NeMo's valid mel frames floor(N / 160),
+    then L -> floor((L - 1) / 2) + 1 per stride-2 convolution. 40 s (640000 samples) -> 500."""
+    length = samples // HOP_SAMPLES
+    for _ in range(SUBSAMPLING_CONVS):
+        length = (length - 1) // 2 + 1
+    return length
+
+
+def bucket_length(samples: int, bucket_samples: int, max_samples: int) -> int:
+    """A clip's length padded to its length bucket (audio_check): the next multiple of the bucket, never past
+    the longest clip allowed; bucket_samples 0 leaves it unchanged."""
+    if bucket_samples <= 0:
+        return samples
+    return min(-(-samples // bucket_samples) * bucket_samples, max(samples, max_samples))
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """What one request may use. Written into BUILD/export.json at export; the GPU engine is built for
+    exactly these numbers, and the adapter refuses a request over any of them, by name, in both flavours."""
+
+    max_audio_seconds: float = MAX_AUDIO_SECONDS
+    max_prompt_tokens: int = MAX_PROMPT_TOKENS  # chat-template tokens around the audio, placeholder included
+    max_new_tokens: int = MAX_NEW_TOKENS
+
+    def __post_init__(self):
+        if not MIN_AUDIO_SECONDS < self.max_audio_seconds:
+            raise ValueError(f"max_audio_seconds must exceed {MIN_AUDIO_SECONDS} s, got {self.max_audio_seconds}")
+        if self.max_prompt_tokens < PROMPT_TOKENS:
+            raise ValueError(f"max_prompt_tokens must be >= {PROMPT_TOKENS} (the default prompt), got {self.max_prompt_tokens}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+    @property
+    def max_samples(self) -> int:
+        return round(self.max_audio_seconds * SAMPLE_RATE)
+
+    @property
+    def audio_rows(self) -> int:
+        """The most audio embeddings one request carries."""
+        return audio_rows(self.max_samples)
+
+    @property
+    def max_input_len(self) -> int:
+        return self.max_prompt_tokens - 1 + self.audio_rows  # the placeholder becomes the audio rows
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.max_input_len + self.max_new_tokens
+
+    def to_manifest(self) -> dict:
+        """The choices and what follows from them (the derived numbers are for readers; choices are read back)."""
+        return {**asdict(self), "audio_rows": self.audio_rows, "max_input_len": self.max_input_len,
+                "max_seq_len": self.max_seq_len}  # fmt: skip
+
+    @classmethod
+    def from_manifest(cls, manifest: dict) -> "Budgets":
+        """A build's budgets; builds exported before budgets were recorded get the defaults."""
+        recorded = manifest.get("budgets", {})
+        return cls(**{name: recorded[name] for name in ("max_audio_seconds", "max_prompt_tokens", "max_new_tokens")
+                      if name in recorded})  # fmt: skip
