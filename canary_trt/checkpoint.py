@@ -1,6 +1,6 @@
 """The nvidia/canary-qwen-2.5b checkpoint layout: open it, check every tensor, merge the LoRA.
 
-Layout (MODEL.md section 2): a NeMo SALM `config.json`, one bf16 `model.safetensors`, and no LLM files:
+Layout (docs/MODEL.md#checkpoint-layout): a NeMo SALM `config.json`, one bf16 `model.safetensors`, and no LLM files:
 the Qwen3 config and tokenizer come from `pretrained_llm` (a local directory or a Hugging Face id).
 The tensor names and shapes the config implies are spelled out once, in `expected_shapes`, which both
 the loader (to validate) and the random-checkpoint writer (to generate) use.

@@ -17,7 +17,7 @@ MIN_AUDIO_SECONDS = 0.1  # shorter clips give too few mel frames; the GPU engine
 MIN_SAMPLES = round(MIN_AUDIO_SECONDS * SAMPLE_RATE)
 MAX_AUDIO_SECONDS = 40.0  # the model's training clips are at most 40 s
 
-PROMPT_TOKENS = 15  # the default ASR prompt, placeholder included (docs/MODEL.md)
+PROMPT_TOKENS = 15  # the default ASR prompt, placeholder included (docs/MODEL.md#prompt-and-splice)
 MAX_PROMPT_TOKENS = 64  # room for a longer instruction than the default
 MAX_NEW_TOKENS = 128  # the model card's and the leaderboard's generation budget
 MAX_PROMPT_BYTES = 2000  # checked before tokenizing: a cheap bound on what the tokenizer is handed

@@ -1,10 +1,10 @@
 """Batched greedy decoding of the exported Qwen3 decoder with ONNX Runtime: numpy only, no torch, so that
 Triton python-backend models can import it.
 
-Requests follow the tensorrt_llm backend's p-tuning convention (SERVING.md section 3): an input id
+Requests follow the tensorrt_llm backend's p-tuning convention (docs/SERVING.md#p-tuning-convention): an input id
 >= vocab_size is row `id - vocab_size` of that request's own prompt table; the audio embeddings enter
 the prompt that way. Prompts are left-padded with zero vectors and attention mask 0, and positions start
-at 0 at each request's first real token (MODEL.md section 6), so a request's tokens do not depend on what
+at 0 at each request's first real token (docs/MODEL.md#prompt-and-splice), so a request's tokens do not depend on what
 else shares its batch (up to float rounding: other shapes, other summation order).
 """
 

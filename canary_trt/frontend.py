@@ -2,7 +2,7 @@
 
 TensorRT 10 parses no complex STFT/DFT, so the STFT is a strided Conv1d whose kernels are the windowed
 cos/sin DFT bases; the rest (pre-emphasis, power, mel matmul, log, per-feature normalization over valid
-frames) follows `FilterbankFeatures.forward` of NeMo >= 2.5 step by step (MODEL.md section 3). It uses the
+frames) follows `FilterbankFeatures.forward` of NeMo >= 2.5 step by step (docs/MODEL.md#audio-front-end). It uses the
 checkpoint's stored bf16 filterbank and window, never recomputed values. Parity with NeMo is tested.
 """
 

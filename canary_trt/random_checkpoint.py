@@ -17,7 +17,7 @@ from .tokenizer_build import write_qwen3_tokenizer
 
 SIZES = ("tiny", "full")
 
-# The SALM training config as NeMo saves it for canary-qwen-2.5b (MODEL.md section 2).
+# The SALM training config as NeMo saves it for canary-qwen-2.5b (docs/MODEL.md#checkpoint-layout).
 FULL_CONFIG = {
     "pretrained_llm": "Qwen/Qwen3-1.7B",
     "pretrained_asr": "nvidia/canary-1b-flash",

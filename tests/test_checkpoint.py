@@ -19,7 +19,7 @@ def _count(shapes, predicate):
 
 
 def test_full_layout_matches_the_published_model():
-    """MODEL.md section 2: 1686 bf16 tensors + 32 int64, and the published parameter counts."""
+    """docs/MODEL.md#checkpoint-layout: 1686 bf16 tensors + 32 int64, and the published parameter counts."""
     shapes = expected_shapes(*configs("full"))
     buffers = ("running_mean", "running_var", "num_batches_tracked")
     assert len(shapes) == 1718
@@ -30,7 +30,7 @@ def test_full_layout_matches_the_published_model():
         1_720_574_976
     )
     assert _count(shapes, lambda k: "lora_" in k) == 25_690_112
-    # spot checks of the exact names and shapes MODEL.md lists
+    # spot checks of the exact names and shapes docs/MODEL.md lists
     assert shapes["perception.preprocessor.featurizer.fb"] == (1, 128, 257)
     assert shapes["perception.preprocessor.featurizer.window"] == (400,)
     assert shapes["perception.encoder.layers.31.self_attn.pos_bias_u"] == (8, 128)

@@ -11,7 +11,7 @@ ORDER = ["1s", "0880", "0930", "0890", "0920", "0870", "35s"]  # 1 s .. ~35 s
 
 
 def test_embedding_lengths_follow_the_formulas(reference, clips):
-    """MODEL.md: L = floor(N / 160) mel frames, then floor((L + 2 - 3) / 2) + 1 three times."""
+    """docs/MODEL.md#frame-arithmetic: L = floor(N / 160) mel frames, then floor((L + 2 - 3) / 2) + 1 three times."""
     waveforms = [clips[name] for name in ORDER]
     embeddings = reference.embed_audio(waveforms)
     for name, wav, emb in zip(ORDER, waveforms, embeddings):

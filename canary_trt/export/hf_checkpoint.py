@@ -2,8 +2,8 @@
 TensorRT-LLM's converter, and loadable by any Qwen3 runtime.
 
 The head is written out: `lm_head.weight` (a copy of the embedding) with `tie_word_embeddings: false`.
-TensorRT-LLM's converter maps a missing head to the embedding only for qwen2, not for qwen3 (GPU.md
-"Tied head risk"); an explicit head is numerically identical and leaves nothing to loader behaviour.
+TensorRT-LLM's converter maps a missing head to the embedding only for qwen2, not for qwen3
+(docs/GPU.md#tied-head); an explicit head is numerically identical and leaves nothing to loader behaviour.
 """
 
 from __future__ import annotations

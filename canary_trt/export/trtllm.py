@@ -1,6 +1,6 @@
 """The LLM engine with TensorRT-LLM's engine flow: merged HF Qwen3 directory -> TRT-LLM checkpoint -> engine.
 
-Both steps are commands, so a dry run prints exactly what a build runs (GPU.md):
+Both steps are commands, so a dry run prints exactly what a build runs (docs/GPU.md#llm-engine):
 1. convert: TensorRT-LLM's Python API, `QWenForCausalLM.from_hugging_face(...)` + `save_checkpoint`, or
    for FP8 `QWenForCausalLM.quantize(...)`, which calibrates (ModelOpt) and writes the checkpoint itself.
    It runs as `python -m canary_trt.export.trtllm`, so tensorrt_llm is imported in that process only;
@@ -59,7 +59,7 @@ def check_calibration(preset: Preset, calib_dataset: Path | None) -> Path | None
         raise ValueError("--precision fp8 needs --calib-dataset DIR: a local text data set for the LLM's FP8 scales "
                          "(the build runs offline; TensorRT-LLM's default, cnn_dailymail, is downloaded from the Hub). "
                          f"DIR holds e.g. train.jsonl with one {{\"{CALIB_TEXT_COLUMN}\": ...}} per line: transcripts "
-                         "of the speech you serve suit it best (docs/GPU.md)")  # fmt: skip
+                         "of the speech you serve suit it best (docs/GPU.md#fp8-calibration)")  # fmt: skip
     path = Path(calib_dataset).resolve()
     if not path.is_dir():
         raise FileNotFoundError(f"--calib-dataset {calib_dataset}: no such directory")
