@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from .contract import SAMPLE_RATE
+from .errors import InvalidInput, MissingFile
 
 
-class AudioError(ValueError):
+class AudioError(InvalidInput):
     """Audio that cannot be used, with the reason and the source named."""
 
 
@@ -53,7 +54,7 @@ def _decode(source) -> tuple[np.ndarray, int, str]:
     else:
         name = handle = str(Path(source).expanduser())
         if not Path(name).is_file():
-            raise FileNotFoundError(f"audio file not found: {name}")
+            raise MissingFile(f"audio file not found: {name}")
     try:
         samples, rate = sf.read(handle, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError) as e:

@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import InvalidInput
+
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 # What to fetch for an HF-id pretrained_llm: configs and tokenizer, not the weights (the SALM file holds them).
@@ -24,7 +26,7 @@ EMBEDDING = "embed_tokens.weight"  # SALM keeps the token embedding outside the 
 LLM_KEYS = (LLM_PREFIX, EMBEDDING)  # what the decoder exports read: read_weights(LLM_KEYS)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InvalidInput):
     """A checkpoint that does not match the layout, named precisely."""
 
 

@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from .contract import MAX_NEW_TOKENS
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="canary-trt", description=__doc__)
@@ -30,6 +32,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="gpu: prepare = the PyTorch/NeMo steps (encoder ONNX, merged HF checkpoint, configs) on any "
                     "machine with canary-trt[full]; engines = the TensorRT/TensorRT-LLM steps on that folder, in the "
                     "pinned container; all (default) = both")  # fmt: skip
+    ex.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS,
+                    help=f"generated tokens one request may ask for (default {MAX_NEW_TOKENS}); the GPU engine's max_seq_len "
+                    "follows, and both flavours refuse requests over it")  # fmt: skip
+    ex.add_argument("--calib-dataset", type=Path,
+                    help="gpu --precision fp8: a local text data set for the LLM's FP8 calibration (a directory "
+                    "`datasets.load_dataset` reads, with a train split and a `text` column); required for fp8")  # fmt: skip
     ex.add_argument("--dry-run", action="store_true", help="print every step, command and shape; run nothing")
     ex.set_defaults(run=_export)
 
@@ -45,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--checkpoint", type=Path, help="directory with config.json + model.safetensors")
     tr.add_argument("--build", type=Path, help="directory written by `canary-trt export --target cpu`")
     tr.add_argument("--batch-size", type=int, default=8)
-    tr.add_argument("--max-new-tokens", type=int, default=128)
+    tr.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS)
     tr.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="torch backend precision")
     tr.add_argument("--device", default="cpu", help="torch backend device, e.g. cuda (default cpu)")
     tr.add_argument("--threads", type=int, help="onnx backend: ONNX Runtime threads (default: one per core)")
@@ -84,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
                      help="require `Authorization: Bearer $VAR` on /v1 (the key is read from this environment variable)")  # fmt: skip
     api.set_defaults(run=_api)
 
+    from .gpu_check.cli import add_parser as add_gpu_check
+
+    add_gpu_check(commands)  # `gpu-check prepare|run`: canary_trt/gpu_check/
+
     args = parser.parse_args(argv)
     try:
         return args.run(args) or 0
@@ -111,7 +123,8 @@ def _demo(args) -> None:
 def _export(args) -> None:
     from .export.build import export
 
-    export(args.checkpoint, args.out, args.target, args.precision, args.preset, args.dry_run, stage=args.stage)
+    export(args.checkpoint, args.out, args.target, args.precision, args.preset, args.dry_run, stage=args.stage,
+           max_new_tokens=args.max_new_tokens, calib_dataset=args.calib_dataset)
     if not args.dry_run:
         print(f"build written to {args.out.resolve()}")
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from .errors import InvalidInput
+
 SAMPLE_RATE = 16000
 HOP_SAMPLES = 160  # 10 ms mel hop
 SUBSAMPLING_CONVS = 3  # dw_striding x8: three stride-2 convolutions -> 12.5 embeddings per second
@@ -53,11 +55,11 @@ class Budgets:
 
     def __post_init__(self):
         if not MIN_AUDIO_SECONDS < self.max_audio_seconds:
-            raise ValueError(f"max_audio_seconds must exceed {MIN_AUDIO_SECONDS} s, got {self.max_audio_seconds}")
+            raise InvalidInput(f"max_audio_seconds must exceed {MIN_AUDIO_SECONDS} s, got {self.max_audio_seconds}")
         if self.max_prompt_tokens < PROMPT_TOKENS:
-            raise ValueError(f"max_prompt_tokens must be >= {PROMPT_TOKENS} (the default prompt), got {self.max_prompt_tokens}")
+            raise InvalidInput(f"max_prompt_tokens must be >= {PROMPT_TOKENS} (the default prompt), got {self.max_prompt_tokens}")
         if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+            raise InvalidInput(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
 
     @property
     def max_samples(self) -> int:

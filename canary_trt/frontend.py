@@ -13,6 +13,8 @@ import math
 import torch
 from torch import nn
 
+from .errors import InvalidInput
+
 LOG_GUARD = 2.0**-24  # NeMo's log_zero_guard_value ("add")
 STD_GUARD = 1e-5  # NeMo's CONSTANT added to the std
 PREEMPHASIS = 0.97
@@ -36,7 +38,7 @@ class LogMelFrontend(nn.Module):
     def from_weights(cls, weights: dict, preprocessor: dict) -> "LogMelFrontend":
         """From the checkpoint's `perception.preprocessor.featurizer.{fb,window}` and its preprocessor config."""
         if preprocessor.get("normalize") != "per_feature" or not preprocessor.get("log", True):
-            raise ValueError("only NeMo's per_feature-normalized log-mel front end is supported")
+            raise InvalidInput("only NeMo's per_feature-normalized log-mel front end is supported")
         prefix = "perception.preprocessor.featurizer."
         hop = round(preprocessor["window_stride"] * preprocessor["sample_rate"])
         return cls(weights[prefix + "fb"], weights[prefix + "window"], preprocessor["n_fft"], hop)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .errors import MissingFile
+
 MANIFEST = "export.json"
 
 
@@ -18,5 +20,5 @@ def write_manifest(build: Path, manifest: dict) -> None:
 def read_manifest(build: Path) -> dict:
     path = Path(build) / MANIFEST
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run `canary-trt export --checkpoint DIR --out {build}` first")
+        raise MissingFile(f"{path} not found: run `canary-trt export --checkpoint DIR --out {build}` first")
     return json.loads(path.read_text(encoding="utf-8"))

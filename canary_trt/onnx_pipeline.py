@@ -9,6 +9,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .decoding import GreedyDecoder, Request, splice_fake_ids
+from .errors import InvalidInput
 from .manifest import read_manifest
 from .tokenizer import eos_id, load_tokenizer, placeholder_id
 from .transcribe import MAX_NEW_TOKENS
@@ -32,7 +33,7 @@ class OnnxPipeline:
         if exact:
             manifest.update(encoder="encoder.onnx", decoder="decoder.onnx")
         if manifest["target"] != "cpu":
-            raise ValueError(f"{build} is a {manifest['target']} build; the onnx backend runs CPU builds")
+            raise InvalidInput(f"{build} is a {manifest['target']} build; the onnx backend runs CPU builds")
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads

@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 
 from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, Checkpoint, expected_shapes
+from .errors import InvalidInput
 from .tokenizer_build import write_qwen3_tokenizer
 
 SIZES = ("tiny", "full")
@@ -87,7 +88,7 @@ LLM_DIR = {"full": "Qwen3-1.7B", "tiny": "Qwen3-tiny"}
 def configs(size: str) -> tuple[dict, dict]:
     """(SALM config, Qwen3 config) for a size. pretrained_llm points to the LLM directory written beside."""
     if size not in SIZES:
-        raise ValueError(f"unknown size {size!r}; choose one of {', '.join(SIZES)}")
+        raise InvalidInput(f"unknown size {size!r}; choose one of {', '.join(SIZES)}")
     config, llm = copy.deepcopy(FULL_CONFIG), dict(FULL_LLM_CONFIG)
     if size == "tiny":
         config["perception"]["encoder"].update(TINY_ENCODER)

@@ -17,6 +17,8 @@ from typing import Sequence
 
 from tokenizers import AddedToken, Tokenizer
 
+from .errors import InvalidInput, MissingFile
+
 AUDIO_PLACEHOLDER = "<|audioplaceholder|>"
 DEFAULT_INSTRUCTION = "Transcribe the following:"
 
@@ -55,7 +57,7 @@ def load_tokenizer(llm_dir: str | Path) -> QwenTokenizer:
     spec, config = llm_dir / "tokenizer.json", llm_dir / "tokenizer_config.json"
     for path in (spec, config):
         if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: the LLM directory's tokenizer is tokenizer.json + tokenizer_config.json")
+            raise MissingFile(f"{path} not found: the LLM directory's tokenizer is tokenizer.json + tokenizer_config.json")
     backend = Tokenizer.from_file(str(spec))
     # As SALM.__init__ does (add_special_tokens with the placeholder as an additional special token): it is
     # appended after Qwen3's added tokens (id 151669); the checkpoint is not saved with it.
@@ -71,7 +73,7 @@ def _token_id(backend: Tokenizer, settings: dict, key: str) -> int:
     token = value.get("content") if isinstance(value, dict) else value
     token_id = backend.token_to_id(token) if isinstance(token, str) else None
     if token_id is None:
-        raise ValueError(f"tokenizer_config.json: {key} {value!r} is not a token of tokenizer.json")
+        raise InvalidInput(f"tokenizer_config.json: {key} {value!r} is not a token of tokenizer.json")
     return token_id
 
 
@@ -96,9 +98,9 @@ def pad_id(tokenizer: QwenTokenizer) -> int:
 def asr_prompt_ids(tokenizer: QwenTokenizer, instruction: str = DEFAULT_INSTRUCTION) -> list[int]:
     """Prompt ids of NeMo's "qwen" format: one user turn, then the assistant generation prefix."""
     if not instruction.strip():
-        raise ValueError("the ASR instruction is empty")
+        raise InvalidInput("the ASR instruction is empty")
     if AUDIO_PLACEHOLDER in instruction:
-        raise ValueError(f"the ASR instruction must not contain {AUDIO_PLACEHOLDER}: it is appended after it")
+        raise InvalidInput(f"the ASR instruction must not contain {AUDIO_PLACEHOLDER}: it is appended after it")
     placeholder_id(tokenizer)  # fail here rather than encode the placeholder as plain text
     text = f"<|im_start|>user\n{instruction} {AUDIO_PLACEHOLDER}<|im_end|>\n<|im_start|>assistant\n"
     return tokenizer.encode(text)

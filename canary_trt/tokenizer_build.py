@@ -19,6 +19,8 @@ from transformers.convert_slow_tokenizer import TikTokenConverter
 # (single digits, unlike tiktoken's \p{N}{1,3}), so tokenizer.json uses the same one.
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX, Qwen2Tokenizer
 
+from .errors import MissingFile
+
 # Qwen3's added tokens, ids 151643.. in this order. Only the first group is special, i.e.
 # dropped by decode(); the tool/fim/think markers are plain added tokens, as in Qwen3-1.7B.
 QWEN3_SPECIAL_TOKENS = (
@@ -60,10 +62,10 @@ def qwen_vocab_file() -> Path:
     """
     spec = importlib.util.find_spec("qwen_agent")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("qwen-agent is not installed; it carries the Qwen vocabulary (qwen.tiktoken)")
+        raise MissingFile("qwen-agent is not installed; it carries the Qwen vocabulary (qwen.tiktoken)")
     path = Path(spec.submodule_search_locations[0]) / "utils" / "qwen.tiktoken"
     if not path.is_file():
-        raise FileNotFoundError(f"Qwen vocabulary not found at {path}")
+        raise MissingFile(f"Qwen vocabulary not found at {path}")
     return path
 
 

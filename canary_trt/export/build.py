@@ -28,6 +28,7 @@ from ..contract import MAX_NEW_TOKENS, Budgets
 from ..manifest import MANIFEST, read_manifest, write_manifest
 from ..tokenizer import copy_tokenizer_files
 from . import decoder_onnx, encoder_onnx
+from ..errors import InvalidInput, MissingFile
 from .repository import REPOSITORY, write_model_repository
 
 TOKENIZER_DIR = "tokenizer"
@@ -58,13 +59,13 @@ class Step:
 def plan(checkpoint: Checkpoint, out: Path, target: str, precision: str | None, preset_name: str | None,
          max_new_tokens: int = MAX_NEW_TOKENS, calib_dataset: Path | None = None) -> list[Step]:
     if target not in PRECISIONS:
-        raise ValueError(f"unknown target {target!r}; choose cpu or gpu")
+        raise InvalidInput(f"unknown target {target!r}; choose cpu or gpu")
     precision = precision or PRECISIONS[target][0]
     if precision not in PRECISIONS[target]:
-        raise ValueError(f"--precision {precision!r} is not available for --target {target}; "
+        raise InvalidInput(f"--precision {precision!r} is not available for --target {target}; "
                          f"choose one of {', '.join(PRECISIONS[target])}")  # fmt: skip
     if target == "cpu" and preset_name:
-        raise ValueError("--preset selects GPU shapes; it does not apply to --target cpu")
+        raise InvalidInput("--preset selects GPU shapes; it does not apply to --target cpu")
     llm, hidden = checkpoint.llm_config, checkpoint.llm_config["hidden_size"]
     encoder_detail = f"WAV f32 [B, samples] + WAV_LENS i32 [B] -> audio_embeddings f32 [B, T', {hidden}] + audio_lengths i32 [B]"
     steps = [Step("encoder ONNX", encoder_detail, action=lambda: encoder_onnx.export_encoder_onnx(checkpoint, out))]
@@ -74,7 +75,7 @@ def plan(checkpoint: Checkpoint, out: Path, target: str, precision: str | None, 
 
     if target == "cpu":
         if calib_dataset is not None:
-            raise ValueError("--calib-dataset calibrates the GPU build's FP8 LLM; it does not apply to --target cpu")
+            raise InvalidInput("--calib-dataset calibrates the GPU build's FP8 LLM; it does not apply to --target cpu")
         manifest["budgets"] = Budgets(max_new_tokens=max_new_tokens).to_manifest()
         layers, kv_heads, head_dim = llm["num_hidden_layers"], llm["num_key_value_heads"], llm.get("head_dim") or hidden // llm["num_attention_heads"]
         steps.append(Step(
@@ -135,9 +136,9 @@ def export(checkpoint_dir, out, target: str = "cpu", precision: str | None = Non
     """`stage` (GPU): all | prepare | engines, see the module doc. `max_new_tokens`: the build's budget per
     request (the GPU engine's max_seq_len follows). `calib_dataset`: a local text data set, for fp8 only."""
     if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
+        raise InvalidInput(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
     if stage != "all" and target != "gpu":
-        raise ValueError(f"--stage {stage} splits a GPU build; a CPU build has one stage")
+        raise InvalidInput(f"--stage {stage} splits a GPU build; a CPU build has one stage")
     checkpoint = Checkpoint.open(checkpoint_dir)
     out = Path(out).resolve()
     steps = [step for step in plan(checkpoint, out, target, precision, preset, max_new_tokens, calib_dataset)
@@ -146,7 +147,7 @@ def export(checkpoint_dir, out, target: str = "cpu", precision: str | None = Non
         _check_prepared(out, checkpoint, precision or PRECISIONS[target][0], preset or DEFAULT_PRESET)
     if stage != "engines" and not dry_run and importlib.util.find_spec("nemo") is None:
         # e.g. `--stage all` in the NGC container: say so now, not after the GPU stack checks
-        raise FileNotFoundError("the encoder ONNX export needs NeMo (nemo-toolkit[asr], in canary-trt[full]); in the "
+        raise MissingFile("the encoder ONNX export needs NeMo (nemo-toolkit[asr], in canary-trt[full]); in the "
                                 "TensorRT container run `--stage engines` on a folder prepared elsewhere with "
                                 "`--stage prepare`")  # fmt: skip
     if target == "gpu" and stage != "prepare" and not dry_run:
@@ -184,11 +185,11 @@ def _check_prepared(out: Path, checkpoint: Checkpoint, precision: str, preset: s
     """The `engines` stage builds on a `prepare` of the same checkpoint, precision and preset."""
     missing = [name for name in (encoder_onnx.FILE, HF_DIR, MANIFEST) if not (out / name).exists()]
     if missing:
-        raise FileNotFoundError(f"{out} lacks {', '.join(missing)}: run `canary-trt export --target gpu --stage prepare` "
+        raise MissingFile(f"{out} lacks {', '.join(missing)}: run `canary-trt export --target gpu --stage prepare` "
                                 "into it first")  # fmt: skip
     prepared = read_manifest(out)
     wanted = {"checkpoint": str(checkpoint.path), "precision": precision, "preset": preset}
     differ = {key: prepared.get(key) for key, value in wanted.items() if prepared.get(key) != value}
     if differ:
-        raise ValueError(f"{out} was prepared with {differ}, not {', '.join(f'{k} {wanted[k]}' for k in differ)}: "
+        raise InvalidInput(f"{out} was prepared with {differ}, not {', '.join(f'{k} {wanted[k]}' for k in differ)}: "
                          "prepare it again with the same options")  # fmt: skip

@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import InvalidInput, MissingFile
 from .presets import LLM_DTYPE, LLM_QUANTIZATIONS, MissingToolError, Preset, require_module
 
 MODULE = "canary_trt.export.trtllm"
@@ -53,24 +54,24 @@ def check_calibration(preset: Preset, calib_dataset: Path | None) -> Path | None
     text data set of at least MIN_CALIB_TEXTS non-empty rows; the other precisions take none."""
     if not QUANTIZATIONS[preset.llm_quantization].calibrated:
         if calib_dataset is not None:
-            raise ValueError(f"--calib-dataset calibrates FP8 only; quantization {preset.llm_quantization!r} needs none")
+            raise InvalidInput(f"--calib-dataset calibrates FP8 only; quantization {preset.llm_quantization!r} needs none")
         return None
     if calib_dataset is None:
-        raise ValueError("--precision fp8 needs --calib-dataset DIR: a local text data set for the LLM's FP8 scales "
+        raise InvalidInput("--precision fp8 needs --calib-dataset DIR: a local text data set for the LLM's FP8 scales "
                          "(the build runs offline; TensorRT-LLM's default, cnn_dailymail, is downloaded from the Hub). "
                          f"DIR holds e.g. train.jsonl with one {{\"{CALIB_TEXT_COLUMN}\": ...}} per line: transcripts "
                          "of the speech you serve suit it best (docs/GPU.md#fp8-calibration)")  # fmt: skip
     path = Path(calib_dataset).resolve()
     if not path.is_dir():
-        raise FileNotFoundError(f"--calib-dataset {calib_dataset}: no such directory")
+        raise MissingFile(f"--calib-dataset {calib_dataset}: no such directory")
     lowered = str(path).lower()
     reserved = [name for name in CALIB_RESERVED_NAMES if name in lowered] + (["pileval"] * (path.name == "pileval"))
     if reserved:
-        raise ValueError(f"--calib-dataset {path}: TensorRT-LLM treats a path containing {reserved[0]!r} as its own "
+        raise InvalidInput(f"--calib-dataset {path}: TensorRT-LLM treats a path containing {reserved[0]!r} as its own "
                          "named data set (other columns, or a download); rename the directory")  # fmt: skip
     texts = _calibration_texts(path)
     if len(texts) < MIN_CALIB_TEXTS:
-        raise ValueError(f"--calib-dataset {path}: {len(texts)} non-empty {CALIB_TEXT_COLUMN!r} rows in its train "
+        raise InvalidInput(f"--calib-dataset {path}: {len(texts)} non-empty {CALIB_TEXT_COLUMN!r} rows in its train "
                          f"split; FP8 calibration needs at least {MIN_CALIB_TEXTS} (TensorRT-LLM reads up to {CALIB_SAMPLES})")  # fmt: skip
     return path
 
@@ -82,9 +83,9 @@ def _calibration_texts(path: Path) -> list[str]:
     try:
         split = datasets.load_dataset(str(path), split="train")
     except Exception as e:  # datasets raises many kinds for an unreadable folder; name the folder
-        raise ValueError(f"--calib-dataset {path}: `datasets.load_dataset` cannot read a train split: {e}") from None
+        raise InvalidInput(f"--calib-dataset {path}: `datasets.load_dataset` cannot read a train split: {e}") from None
     if CALIB_TEXT_COLUMN not in split.column_names:
-        raise ValueError(f"--calib-dataset {path}: its train split has columns {split.column_names}, no {CALIB_TEXT_COLUMN!r}")
+        raise InvalidInput(f"--calib-dataset {path}: its train split has columns {split.column_names}, no {CALIB_TEXT_COLUMN!r}")
     rows = split[:CALIB_SAMPLES][CALIB_TEXT_COLUMN]
     return [text for text in rows if isinstance(text, str) and text.strip()]
 
