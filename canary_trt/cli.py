@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from .contract import MAX_NEW_TOKENS
+from .errors import CanaryError, InvalidInput
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args) or 0
-    except (ValueError, FileNotFoundError) as e:  # our clear errors: no traceback for the user
+    except CanaryError as e:  # our clear errors: no traceback for the user; a bug keeps its traceback
         print(f"canary-trt {args.command}: error: {e}", file=sys.stderr)
         return 2
 
@@ -146,11 +147,11 @@ def _transcribe(args) -> None:
     from .transcribe import transcribe
 
     if args.batch_size < 1 or args.max_new_tokens < 1:
-        raise ValueError("--batch-size and --max-new-tokens must be at least 1")
+        raise InvalidInput("--batch-size and --max-new-tokens must be at least 1")
     if args.backend == "torch" and not args.checkpoint:
-        raise ValueError("--backend torch needs --checkpoint DIR")
+        raise InvalidInput("--backend torch needs --checkpoint DIR")
     if args.backend == "onnx" and not args.build:
-        raise ValueError("--backend onnx needs --build DIR (written by `canary-trt export --target cpu`)")
+        raise InvalidInput("--backend onnx needs --build DIR (written by `canary-trt export --target cpu`)")
     waveforms = [load_audio(path) for path in args.audio]
     start = time.perf_counter()
     backend = _open_backend(args)
@@ -184,9 +185,9 @@ def _api(args) -> None:
     if args.api_key_env:
         api_key = os.environ.get(args.api_key_env)
         if not api_key:
-            raise ValueError(f"--api-key-env {args.api_key_env}: that environment variable is empty or unset")
+            raise InvalidInput(f"--api-key-env {args.api_key_env}: that environment variable is empty or unset")
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
-        raise ValueError("--max-new-tokens must be at least 1")
+        raise InvalidInput("--max-new-tokens must be at least 1")
     settings = Settings(
         args.triton_url, args.model_name, tuple(args.model_alias), args.max_in_flight, args.max_queue,
         int(args.max_file_mb * 2**20), args.max_new_tokens, args.timeout, args.prompt_as_instruction, api_key,

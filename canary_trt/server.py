@@ -1,6 +1,6 @@
 """Run the `tritonserver` bundled in the nvidia-pytriton wheel (python backend only) on a CPU model repository.
 
-No Docker, no GPU: the binary is launched directly (recipe and pitfalls: docs/SERVING.md section 1).
+No Docker, no GPU: the binary is launched directly (recipe and pitfalls: docs/SERVING.md#bundled-tritonserver-cpu).
 Every server gets its own runtime folder, shared-memory prefix and process group, so several can run side
 by side and `stop()` leaves no process and no /dev/shm file behind.
 """
@@ -22,6 +22,8 @@ import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
+
+from .errors import MissingFile
 
 # A stub that cannot load (e.g. no system libpython3.x) hangs Triton forever, so start() watches for this.
 _STUB_CANNOT_START = "error while loading shared libraries"
@@ -62,7 +64,7 @@ class TritonServer:
     ):
         self.model_repository = Path(model_repository).resolve()
         if not self.model_repository.is_dir():
-            raise FileNotFoundError(f"model repository {self.model_repository} is not a directory")
+            raise MissingFile(f"model repository {self.model_repository} is not a directory")
         self.host = host
         self.grpc_port, self.http_port, self.metrics_port = free_ports(host, grpc_port, http_port, metrics_port)
         self.log_verbose = log_verbose
@@ -182,13 +184,13 @@ class TritonServer:
         """Backend folder with the stub inside (the only place the python backend looks); command; env."""
         spec = importlib.util.find_spec("pytriton")
         if spec is None or not spec.submodule_search_locations:
-            raise FileNotFoundError("nvidia-pytriton is not installed: it bundles tritonserver")
+            raise MissingFile("nvidia-pytriton is not installed: it bundles tritonserver")
         bundle = Path(next(iter(spec.submodule_search_locations))) / "tritonserver"
         site_packages = bundle.parent.parent
         python = _python_version()
         stub = bundle / "python_backend_stubs" / python / "triton_python_backend_stub"
         if not stub.exists():
-            raise FileNotFoundError(f"nvidia-pytriton has no python backend stub for Python {python}: {stub}")
+            raise MissingFile(f"nvidia-pytriton has no python backend stub for Python {python}: {stub}")
         backend = runtime_dir / "backends" / "python"
         shutil.copytree(bundle / "backends" / "python", backend, ignore=shutil.ignore_patterns("__pycache__"))
         shutil.copy2(stub, backend)
@@ -285,15 +287,16 @@ def _accepts(host: str, port: int) -> bool:
 
 
 def _group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes of a process group, read from /proc."""
+    """Live (non-zombie) processes of a process group."""
+    import psutil
+
     members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for process in psutil.process_iter(["status"]):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()  # the command name may hold spaces and ')'
-        except (OSError, IndexError):
+            if process.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(process.pid) == pgid:
+                members.append(process.pid)
+        except OSError:
             continue  # exited while we looked
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(stat.parent.name))
     return members
 
 

@@ -1,21 +1,21 @@
 """The GPU build without a GPU: the merged HF checkpoint against the reference, the per-GPU presets, the exact
-trtexec / TensorRT-LLM commands they resolve to, and clear failures where the pinned tools are missing."""
+encoder-engine / TensorRT-LLM commands they resolve to, and clear failures where the pinned tools are missing."""
 
 import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
 from canary_trt.export import presets, tensorrt, trtllm
 from canary_trt.export.hf_checkpoint import write_merged_hf_checkpoint
-from canary_trt.export.presets import PRESETS, MissingToolError, audio_rows, get_preset
+from canary_trt.contract import PROMPT_TOKENS, audio_rows
+from canary_trt.export.presets import PRESETS, MissingToolError, get_preset
 
-# trtexec --minShapes/--optShapes/--maxShapes for the H100 preset: 0.1 s, 20 s x 16 and 40 s x 32, in samples.
-H100_PROFILE = ("WAV:1x1600,WAV_LENS:1", "WAV:16x320000,WAV_LENS:16", "WAV:32x640000,WAV_LENS:32")
+# The encoder engine's optimization profile (min, opt, max) for the H100 preset: 0.1 s, 20 s x 16 and 40 s x 32.
+H100_PROFILE = {"WAV": ((1, 1600), (16, 320000), (32, 640000)), "WAV_LENS": ((1,), (16,), (32,))}
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +122,7 @@ def test_audio_rows_match_the_encoder(reference):
 def test_preset_constants_match_the_reference(reference):
     from canary_trt.tokenizer import asr_prompt_ids
 
-    assert presets.PROMPT_TOKENS == len(asr_prompt_ids(reference.tokenizer))
+    assert PROMPT_TOKENS == len(asr_prompt_ids(reference.tokenizer))
     assert set(trtllm.QUANTIZATIONS) == set(presets.LLM_QUANTIZATIONS)
 
 
@@ -136,7 +136,7 @@ def test_h100_numbers():
 
 
 def _flags(command: list[str]) -> dict[str, str]:
-    """trtexec's --name=value and trtllm-build's --name value, as one dict."""
+    """A command's --name value pairs (after its program), as one dict; also --name=value."""
     if "=" in command[1]:
         return dict(arg.removeprefix("--").partition("=")[::2] for arg in command[1:])
     return {name.removeprefix("--"): value for name, value in zip(command[1::2], command[2::2])}
@@ -145,15 +145,16 @@ def _flags(command: list[str]) -> dict[str, str]:
 @pytest.mark.parametrize("name", PRESETS)
 def test_every_preset_resolves_its_commands(name, tmp_path):
     p = get_preset(name)
-    trtexec = _flags(tensorrt.trtexec_command(tmp_path / "encoder.onnx", tmp_path / "encoder.plan", p))
-    assert trtexec["onnx"] == str(tmp_path / "encoder.onnx") and trtexec["saveEngine"] == str(tmp_path / "encoder.plan")
-    assert trtexec["maxShapes"] == f"WAV:{p.encoder_max_batch}x{p.max_samples},WAV_LENS:{p.encoder_max_batch}"
-    assert trtexec["minShapes"] == "WAV:1x1600,WAV_LENS:1"
-    assert trtexec["timingCacheFile"] == str(tmp_path / "encoder.timing.cache")
-    assert trtexec["builderOptimizationLevel"] == "3" and trtexec["memPoolSize"] == f"workspace:{p.workspace_mib}M"
-    assert {"skipInference", "fp16", "noTF32"} <= trtexec.keys() and trtexec["precisionConstraints"] == "obey"
-    # No ONNX yet (dry run): the patterns.
-    assert trtexec["layerPrecisions"] == "/frontend/*:fp32,*/LayerNormalization:fp32,*/Softmax:fp32"
+    # The encoder engine: TensorRT's Python API in a child process (its builder settings and FP32 pins:
+    # tests/test_tensorrt_engine.py), which rebuilds this preset's profile from the preset's name.
+    encoder = tensorrt.build_command(tmp_path / "encoder.onnx", tmp_path / "encoder.plan", p)
+    assert encoder[:3] == [sys.executable, "-m", "canary_trt.export.tensorrt"]
+    assert _flags(encoder[2:]) == {"onnx": str(tmp_path / "encoder.onnx"), "engine": str(tmp_path / "encoder.plan"),
+                                   "preset": name, "precision": "fp16",
+                                   "timing-cache": str(tmp_path / "encoder.timing.cache")}  # fmt: skip
+    profile = p.encoder_shapes()
+    assert profile["WAV"][2] == (p.encoder_max_batch, p.max_samples) and profile["WAV_LENS"][2] == (p.encoder_max_batch,)
+    assert (profile["WAV"][0], profile["WAV_LENS"][0]) == ((1, 1600), (1,))
 
     convert = trtllm.convert_command(tmp_path / "hf", tmp_path / "ckpt", p)
     assert convert[:3] == [sys.executable, "-m", "canary_trt.export.trtllm"] and "--calib-dataset" not in convert
@@ -169,7 +170,7 @@ def test_every_preset_resolves_its_commands(name, tmp_path):
         "max_prompt_embedding_table_size": str(500 * p.llm_max_batch),
     }  # fmt: skip
     if name == "h100":
-        assert (trtexec["minShapes"], trtexec["optShapes"], trtexec["maxShapes"]) == H100_PROFILE
+        assert profile == H100_PROFILE
 
 
 def test_quantized_and_bf16_variants(tmp_path):
@@ -178,8 +179,7 @@ def test_quantized_and_bf16_variants(tmp_path):
     assert (build["gemm_plugin"], build["use_fp8_context_fmha"]) == ("fp8", "enable")
     convert = trtllm.convert_command(tmp_path / "hf", tmp_path / "c", fp8, calib_dataset="/data/calib")
     assert convert[-4:] == ["--quantization", "fp8", "--calib-dataset", "/data/calib"]
-    trtexec = _flags(tensorrt.trtexec_command(tmp_path / "x.onnx", tmp_path / "x.plan", fp8))
-    assert "bf16" in trtexec and "fp16" not in trtexec and trtexec["layerPrecisions"] == "/frontend/*:fp32"
+    assert _flags(tensorrt.build_command(tmp_path / "x.onnx", tmp_path / "x.plan", fp8)[2:])["precision"] == "bf16"
     int8 = _flags(trtllm.build_command(tmp_path / "c", tmp_path / "e", get_preset("a100", llm_quantization="int8_wo")))
     assert int8["gemm_plugin"] == "auto"
 
@@ -198,89 +198,26 @@ def test_bad_presets_and_overrides():
         get_preset("l40s", max_audio_seconds=900)  # 11250 rows: one prompt no longer fits a step
 
 
-def _onnx(path: Path, nodes: list[tuple[str, str]]) -> Path:
-    """A graph with only the node names and op types that matter here."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    graph_nodes, previous = [], "WAV"
-    for i, (op, name) in enumerate(nodes):
-        graph_nodes.append(helper.make_node(op, [previous], [f"t{i}"], name=name))
-        previous = f"t{i}"
-    graph = helper.make_graph(graph_nodes, "g", [helper.make_tensor_value_info("WAV", TensorProto.FLOAT, [1, 4])],
-                              [helper.make_tensor_value_info(previous, TensorProto.FLOAT, [1, 4])])  # fmt: skip
-    onnx.save(helper.make_model(graph), str(path))
-    return path
-
-
-def test_fp32_layers_read_from_the_onnx_file(tmp_path):
-    nodes = [
-        ("Relu", "/frontend/Relu"),
-        ("Softmax", "/frontend/Softmax"),  # covered by /frontend/*, not listed again
-        ("LayerNormalization", "/encoder/layers.0/norm_out/LayerNormalization"),
-        ("Softmax", "/encoder/layers.0/self_attn/Softmax"),
-        ("LayerNormalization", "/encoder/layers.1/norm_out/LayerNormalization_1"),
-    ]
-    path = _onnx(tmp_path / "encoder.onnx", nodes)
-    assert tensorrt.fp32_layers(path, "fp16") == ["/frontend/*"] + [
-        "/encoder/layers.0/norm_out/LayerNormalization", "/encoder/layers.1/norm_out/LayerNormalization_1",
-        "/encoder/layers.0/self_attn/Softmax",
-    ]  # fmt: skip
-    assert tensorrt.fp32_layers(path, "bf16") == ["/frontend/*"]
-    command = tensorrt.trtexec_command(path, tmp_path / "encoder.plan", get_preset("l40s"))
-    assert "/encoder/layers.1/norm_out/LayerNormalization_1:fp32" in _flags(command)["layerPrecisions"]
-
-    with pytest.raises(ValueError, match="/frontend/"):
-        tensorrt.fp32_layers(_onnx(tmp_path / "no_frontend.onnx", nodes[2:]), "fp16")
-    with pytest.raises(ValueError, match="no LayerNormalization"):
-        tensorrt.fp32_layers(_onnx(tmp_path / "no_norm.onnx", nodes[:2] + nodes[3:4]), "fp16")
-    with pytest.raises(ValueError, match="cannot address"):  # "," separates trtexec's layer specs
-        tensorrt.fp32_layers(_onnx(tmp_path / "comma.onnx", nodes[:2] + [("LayerNormalization", "a,b")]), "fp16")
-
-
-def _trtexec_matches(pattern: str, name: str) -> bool:
-    """trtexec's matchStringWithOneWildcard (TensorRT 10.14 samples/common/sampleUtils.cpp)."""
-    prefix, star, suffix = pattern.partition("*")
-    if not star:
-        return name == pattern
-    return len(name) >= len(prefix + suffix) and name.startswith(prefix) and name.endswith(suffix)
-
-
-@pytest.mark.slow
-def test_fp32_layers_of_the_real_encoder_graph(tiny_checkpoint, tmp_path):
-    encoder_onnx = pytest.importorskip("canary_trt.export.encoder_onnx")
-    path = encoder_onnx.export_encoder_onnx(tiny_checkpoint, tmp_path)
-    layers = tensorrt.fp32_layers(path, "fp16")
-    n_layers = tiny_checkpoint.config["perception"]["encoder"]["n_layers"]
-    assert layers[0] == "/frontend/*" and len(layers) == 1 + n_layers * (5 + 1)  # 5 LayerNorms + 1 Softmax each
-    # The dry run's patterns pin exactly the same nodes.
-    import onnx
-
-    names = [node.name for node in onnx.load(str(path), load_external_data=False).graph.node]
-    patterns = tensorrt.fp32_layers(tmp_path / "not-exported.onnx", "fp16")
-
-    def pinned(pins):
-        return {name for name in names if any(_trtexec_matches(pin, name) for pin in pins)}
-
-    assert pinned(patterns) == pinned(layers)
+# The FP32 pins (front end, LayerNorm, Softmax) are chosen from the parsed network, no longer from the ONNX file:
+# tests/test_tensorrt_engine.py checks them on plain layer lists and on the real encoder graph.
 
 
 @pytest.fixture
 def no_gpu_tools(monkeypatch, tmp_path):
     import importlib.util
 
-    if importlib.util.find_spec("tensorrt_llm") is not None:
-        pytest.skip("tensorrt_llm is installed here")
-    monkeypatch.setenv("PATH", str(tmp_path))  # no trtexec, no trtllm-build
+    if importlib.util.find_spec("tensorrt_llm") is not None or importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("tensorrt / tensorrt_llm is installed here")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no trtllm-build
 
 
 def test_builds_fail_at_once_without_the_gpu_stack(no_gpu_tools, tmp_path):
     p = get_preset("h100")
     calls = {
-        "`trtexec`": lambda: tensorrt.build_encoder_engine(tmp_path / "missing.onnx", tmp_path / "e.plan", p),
-        "`tensorrt_llm`": lambda: trtllm.convert_llm_checkpoint(tmp_path / "hf", tmp_path / "ckpt", p),
-        "`trtllm-build`": lambda: trtllm.build_llm_engine(tmp_path / "ckpt", tmp_path / "engine", p),
-        "`trtexec`, first": presets.require_gpu_stack,
+        "`tensorrt`": lambda: tensorrt.build_encoder_engine(tmp_path / "missing.onnx", tmp_path / "e.plan", p),
+        "`tensorrt_llm`": lambda: presets.require_module("tensorrt_llm"),
+        "`trtllm-build`": lambda: presets.require_executable("trtllm-build"),
+        "`tensorrt`, first": presets.require_gpu_stack,
     }
     for tool, call in calls.items():
         start = time.perf_counter()

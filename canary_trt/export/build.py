@@ -3,7 +3,7 @@ shape and runs only the cheap ones (tokenizer, manifest, model repository config
 
 BUILD/ after a CPU build: encoder.onnx, decoder.onnx (+ their *_int8.onnx with --precision int8),
 embed_tokens.npy, tokenizer/, export.json (what the runtime needs to know) and model_repository/.
-A GPU build has encoder.onnx -> encoder.plan (trtexec), hf_llm/ (the merged HF Qwen3 checkpoint),
+A GPU build has encoder.onnx -> encoder.plan (TensorRT Python API), hf_llm/ (the merged HF Qwen3 checkpoint),
 trtllm_checkpoint/ and trtllm_engine/ instead of the decoder ONNX files.
 
 A GPU build runs in two stages when one machine cannot hold both software stacks: `prepare` (the steps

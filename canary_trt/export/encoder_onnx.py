@@ -1,5 +1,5 @@
 """Raw waveform -> audio embeddings as ONE ONNX graph: the matmul-DFT front end, NeMo's ConformerEncoder
-and the `proj` Linear. The same file feeds ONNX Runtime (CPU) and trtexec (GPU).
+and the `proj` Linear. The same file feeds ONNX Runtime (CPU) and the TensorRT engine build (GPU).
 
 Contract: `WAV` f32 [B, N] (zero-padded) + `WAV_LENS` int32 [B] -> `audio_embeddings` f32 [B, T', H]
 + `audio_lengths` int32 [B]; rows >= audio_lengths[b] are padding. B, N and T' are dynamic.

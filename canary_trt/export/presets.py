@@ -1,7 +1,7 @@
 """The GPU build's pinned stack and one preset per GPU: batch sizes, audio length, precisions, memory.
 
 Everything the engine builds derive from a preset (prompt-table size, max input length, encoder profile
-shapes) is computed here, in one place, from the model's own frame arithmetic (MODEL.md sections 3-4).
+shapes) is computed here, in one place, from the model's own frame arithmetic (docs/MODEL.md#frame-arithmetic).
 """
 
 from __future__ import annotations
@@ -12,14 +12,15 @@ import shutil
 from dataclasses import dataclass
 
 from ..contract import MAX_AUDIO_SECONDS, MAX_NEW_TOKENS, MAX_PROMPT_TOKENS, MIN_AUDIO_SECONDS, SAMPLE_RATE, Budgets
+from ..errors import InvalidInput, MissingFile
 
-# The pinned stack (GPU.md "Pins"): the last TensorRT-LLM line with the engine flow (trtllm-build and the
+# The pinned stack (docs/GPU.md#pins): the last TensorRT-LLM line with the engine flow (trtllm-build and the
 # C++ `tensorrtllm` Triton backend) and the NGC container that carries it with a matching TensorRT.
 TRITON_CONTAINER = "nvcr.io/nvidia/tritonserver:26.04-trtllm-python-py3"
 TENSORRT_VERSION = "10.14.1.48"
 TENSORRT_LLM_VERSION = "1.2.1"
 
-LLM_DTYPE = "float16"  # the prompt table crosses python models, which cannot carry BF16 (GPU.md)
+LLM_DTYPE = "float16"  # the prompt table crosses python models, which cannot carry BF16 (docs/GPU.md#llm-engine)
 ENCODER_PRECISIONS = ("fp16", "bf16")
 LLM_QUANTIZATIONS = ("none", "int8_wo", "fp8")
 FP8_MIN_SM = 89  # FP8 tensor cores: Ada (8.9), Hopper (9.0), Blackwell
@@ -72,7 +73,7 @@ class Preset:
             if self.max_num_tokens < self.max_input_len:  # without chunked context a prompt is one step
                 problems.append(f"max_num_tokens {self.max_num_tokens} < max_input_len {self.max_input_len}")
         if problems:
-            raise ValueError(f"preset {self.name!r}: " + "; ".join(problems))
+            raise InvalidInput(f"preset {self.name!r}: " + "; ".join(problems))
 
     @property
     def budgets(self) -> Budgets:
@@ -117,7 +118,7 @@ PRESETS = {
     for p in (
         # 32 GB: ~22 GB free after load -> 9 GB KV (~115 full requests) for 64 in flight; encoder batch 16
         # keeps its reserved activations ~1.5 GB. SM 12.0 (both Blackwell cards): TensorRT has given wrong
-        # FastConformer output there, so the ONNX Runtime parity check must pass on the card (GPU.md).
+        # FastConformer output there, so the ONNX Runtime parity check must pass on the card (docs/GPU.md#gpu-check).
         Preset("rtx5090", "GeForce RTX 5090", 32, 120, encoder_max_batch=16, llm_max_batch=64, opt_batch=8,
                opt_seconds=20, kv_cache_free_gpu_mem_fraction=0.4, max_num_tokens=8192, workspace_mib=4096),
         # 96 GB Blackwell workstation card: the 80 GB shapes; ~85 GB free -> 34 GB KV (~430 full requests).
@@ -141,15 +142,15 @@ PRESETS = {
 def get_preset(name: str, **overrides) -> Preset:
     """The named preset with some fields replaced (e.g. encoder_precision="bf16"), validated again."""
     if name not in PRESETS:
-        raise ValueError(f"unknown GPU preset {name!r}; known presets: {', '.join(PRESETS)}")
+        raise InvalidInput(f"unknown GPU preset {name!r}; known presets: {', '.join(PRESETS)}")
     fields = {f.name for f in dataclasses.fields(Preset)} - {"name", "gpu", "memory_gb", "sm"}
     unknown = sorted(overrides.keys() - fields)
     if unknown:
-        raise ValueError(f"cannot override {', '.join(unknown)}; preset fields: {', '.join(sorted(fields))}")
+        raise InvalidInput(f"cannot override {', '.join(unknown)}; preset fields: {', '.join(sorted(fields))}")
     return dataclasses.replace(PRESETS[name], **overrides)
 
 
-class MissingToolError(FileNotFoundError):
+class MissingToolError(MissingFile):
     """A GPU build tool that is not installed here: the build needs the pinned container."""
 
     def __init__(self, what: str):

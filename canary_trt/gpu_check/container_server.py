@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..errors import MissingFile
 from ..server import _ERROR_LINE, TritonServer
 
 
@@ -18,7 +19,7 @@ class ContainerTritonServer(TritonServer):
         super().__init__(model_repository, **options)
         self.binary = Path(binary)
         if not self.binary.is_file():
-            raise FileNotFoundError(f"tritonserver binary {self.binary} not found")
+            raise MissingFile(f"tritonserver binary {self.binary} not found")
 
     def _prepare(self, runtime_dir: Path) -> tuple[list[str], dict[str, str]]:
         command = [

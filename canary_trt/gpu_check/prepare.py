@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
+from ..errors import InvalidInput
 from .clips import Clip, encoder_clips, transcribe_clips
 from .references import DATA_DIR, EncoderReference, References, TokenReference
 
@@ -29,7 +30,7 @@ def prepare(out: str | Path, preset: str = "h100", seed: int = 0, max_new_tokens
 
     get_preset(preset)  # an unknown preset fails now, not after the exports
     if max_new_tokens < 1:
-        raise ValueError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+        raise InvalidInput(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
     out = Path(out).resolve()
     quiet = lambda line: log("    " + line.splitlines()[0])  # noqa: E731  (step titles only)
     log(f"== random tiny checkpoint (seed {seed}) -> {out / CHECKPOINT_DIR}")

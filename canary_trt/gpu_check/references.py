@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InvalidInput, MissingFile
+
 CHECK_FILE = "check.json"
 DATA_DIR = "check"
 FORMAT = 1  # bump when check.json changes shape
@@ -59,7 +61,7 @@ class References:
     def load(self, relative: str) -> np.ndarray:
         path = self.directory / relative
         if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing: run `canary-trt gpu-check prepare --out {self.directory}` again")
+            raise MissingFile(f"{path} is missing: run `canary-trt gpu-check prepare --out {self.directory}` again")
         return np.load(path)
 
     def save(self) -> Path:
@@ -75,14 +77,14 @@ def read_references(directory: str | Path) -> References:
     directory = Path(directory).resolve()
     path = directory / CHECK_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run `canary-trt gpu-check prepare --out {directory}` "
+        raise MissingFile(f"{path} not found: run `canary-trt gpu-check prepare --out {directory}` "
                                 "(in the CPU image) first")  # fmt: skip
     try:
         body = json.loads(path.read_text(encoding="utf-8"))
         if body.get("format") != FORMAT:
-            raise ValueError(f"{path} has format {body.get('format')!r}, this version reads {FORMAT}: prepare it again")
+            raise InvalidInput(f"{path} has format {body.get('format')!r}, this version reads {FORMAT}: prepare it again")
         return References(directory, body["preset"], int(body["max_new_tokens"]),
                           [TokenReference(**t) for t in body["transcribe"]],
                           [EncoderReference(**e) for e in body["encoder"]], body.get("created_with", {}))  # fmt: skip
     except (KeyError, TypeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path} is not a gpu-check reference file ({type(e).__name__}: {e})") from None
+        raise InvalidInput(f"{path} is not a gpu-check reference file ({type(e).__name__}: {e})") from None

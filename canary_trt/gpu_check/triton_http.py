@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import InvalidInput
+
 DTYPES = {"FP32": "<f4", "FP16": "<f2", "INT32": "<i4", "INT64": "<i8", "UINT8": "u1", "BOOL": "?"}
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
@@ -32,7 +34,7 @@ def base_url(url: str) -> str:
     """`host:port` or `http://host:port` -> `http://host:port` (no trailing slash)."""
     url = url.strip().rstrip("/")
     if not url:
-        raise ValueError("empty server URL: give Triton's HTTP endpoint, e.g. 127.0.0.1:8000")
+        raise InvalidInput("empty server URL: give Triton's HTTP endpoint, e.g. 127.0.0.1:8000")
     return url if url.startswith(("http://", "https://")) else f"http://{url}"
 
 
