@@ -212,9 +212,8 @@ def no_gpu_tools(monkeypatch, tmp_path):
 
 
 def test_builds_fail_at_once_without_the_gpu_stack(no_gpu_tools, tmp_path):
-    p = get_preset("h100")
     calls = {
-        "`tensorrt`": lambda: tensorrt.build_encoder_engine(tmp_path / "missing.onnx", tmp_path / "e.plan", p),
+        "`tensorrt`": lambda: presets.require_module("tensorrt"),
         "`tensorrt_llm`": lambda: presets.require_module("tensorrt_llm"),
         "`trtllm-build`": lambda: presets.require_executable("trtllm-build"),
         "`tensorrt`, first": presets.require_gpu_stack,

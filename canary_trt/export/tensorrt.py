@@ -31,7 +31,6 @@ import argparse
 import json
 import os
 import re
-import subprocess
 import sys
 import warnings
 from collections import Counter, defaultdict
@@ -293,14 +292,6 @@ def build_command(onnx_path: Path, engine_path: Path, preset: Preset, timing_cac
     return [sys.executable, "-m", MODULE, "--onnx", str(onnx_path), "--engine", str(engine_path),
             "--preset", preset.name, "--precision", preset.encoder_precision,
             "--timing-cache", str(timing_cache or default_timing_cache(engine_path))]  # fmt: skip
-
-
-def build_encoder_engine(onnx_path: Path, engine_path: Path, preset: Preset, timing_cache: Path | None = None) -> Path:
-    require_module("tensorrt")  # the child runs on this interpreter
-    if not onnx_path.is_file():
-        raise FileNotFoundError(f"encoder ONNX {onnx_path} not found: export it first")
-    subprocess.run(build_command(onnx_path, engine_path, preset, timing_cache), check=True)
-    return engine_path
 
 
 def describe_network(trt, network) -> list[LayerInfo]:
