@@ -21,7 +21,6 @@ import os
 import time
 from pathlib import Path
 
-LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
 HERE = Path(__file__).resolve().parent
 
 
@@ -80,15 +79,16 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from canary_trt.audio import load_audio
-    from canary_trt.manifest import read_manifest
+    from canary_trt.contract import LIBRIVOX_DIR
+    from canary_trt.export_info import read_export_info
 
-    waveforms = [load_audio(p) for p in sorted(LIBRIVOX.glob("*.wav"))]
+    waveforms = [load_audio(p) for p in sorted(LIBRIVOX_DIR.glob("*.wav"))]
     audio = sum(len(w) for w in waveforms) / 16000
     rows = {}
     for dtype in args.torch_dtypes.split(","):
         rows[f"(a) PyTorch reference, {dtype}, batch {args.batch_size}"] = bench_reference(args.checkpoint, waveforms, args, dtype)
         gc.collect()
-    decoder = read_manifest(args.build)["decoder"]
+    decoder = read_export_info(args.build)["decoder"]
     rows[f"(b) ONNX Runtime, {decoder}, batch {args.batch_size}"] = bench_onnx(args.build, waveforms, args)
     gc.collect()
     rows[f"(c) Triton CPU over gRPC, {decoder}, concurrency {args.batch_size}"] = bench_triton(args.build, waveforms, args)

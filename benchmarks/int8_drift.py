@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 
-LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
 HERE = Path(__file__).resolve().parent
 
 
@@ -31,10 +30,11 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from canary_trt.audio import load_audio
+    from canary_trt.contract import LIBRIVOX_DIR
     from canary_trt.onnx_pipeline import OnnxPipeline
     from canary_trt.tokenizer import asr_prompt_ids
 
-    waveforms = [load_audio(p) for p in sorted(LIBRIVOX.glob("*.wav"))]
+    waveforms = [load_audio(p) for p in sorted(LIBRIVOX_DIR.glob("*.wav"))]
     audio = sum(len(w) for w in waveforms) / 16000
     runs = {}
     for name, exact in (("fp32", True), ("int8", False)):

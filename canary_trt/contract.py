@@ -8,6 +8,7 @@ prompt and new-token budgets that size the TensorRT-LLM engine and bound the CPU
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from .errors import InvalidInput
 
@@ -23,6 +24,23 @@ PROMPT_TOKENS = 15  # the default ASR prompt, placeholder included (docs/MODEL.m
 MAX_PROMPT_TOKENS = 64  # room for a longer instruction than the default
 MAX_NEW_TOKENS = 128  # the model card's and the leaderboard's generation budget
 MAX_PROMPT_BYTES = 2000  # checked before tokenizing: a cheap bound on what the tokenizer is handed
+
+# The build folder (BUILD/...): written by `canary-trt export`, read by the runtimes and the python models.
+EXPORT_INFO = "export.json"
+ENCODER_ONNX = "encoder.onnx"
+ENCODER_INT8_ONNX = "encoder_int8.onnx"
+DECODER_ONNX = "decoder.onnx"
+DECODER_INT8_ONNX = "decoder_int8.onnx"
+EMBEDDINGS = "embed_tokens.npy"  # the decoder's token embedding, outside its graph
+TOKENIZER_DIR = "tokenizer"
+MODEL_REPOSITORY = "model_repository"
+ENCODER_PLAN = "encoder.plan"
+HF_LLM_DIR = "hf_llm"
+TRTLLM_CHECKPOINT_DIR = "trtllm_checkpoint"
+TRTLLM_ENGINE_DIR = "trtllm_engine"
+
+# Speech for the demo, the tests and the benchmarks: Debian's pocketsphinx-testdata (LibriVox clips)
+LIBRIVOX_DIR = Path("/usr/share/pocketsphinx/test/data/librivox")
 
 CLIPS_PER_REQUEST = 1  # the ensemble's max_batch_size: the tensorrtllm backend takes one sequence per request
 

@@ -16,8 +16,10 @@ MAX_NEW_TOKENS = 32
 def run(checkpoint: Path | None, work: Path) -> None:
     from .client import AsyncTranscriptionClient
     from .client.manifest import LIBRIVOX_DIR, librivox_utterances
+    from .checkpoint import WEIGHTS_NAME
+    from .contract import EXPORT_INFO, MODEL_REPOSITORY
     from .export.build import export
-    from .manifest import read_manifest
+    from .export_info import read_export_info
     from .server import TritonServer
 
     utterances = librivox_utterances()
@@ -25,19 +27,19 @@ def run(checkpoint: Path | None, work: Path) -> None:
     random_weights = checkpoint is None
     if random_weights:
         checkpoint = work / "tiny-checkpoint"
-        if not (checkpoint / "model.safetensors").is_file():
+        if not (checkpoint / WEIGHTS_NAME).is_file():
             from .random_checkpoint import write_random_checkpoint
 
             _stage(f"writing a random-weight tiny checkpoint to {checkpoint}")
             write_random_checkpoint(checkpoint, "tiny")
     build = work / "build-cpu"
-    manifest = build / "export.json"
-    if not manifest.is_file() or read_manifest(build)["checkpoint"] != str(checkpoint.resolve()):
+    manifest = build / EXPORT_INFO
+    if not manifest.is_file() or read_export_info(build)["checkpoint"] != str(checkpoint.resolve()):
         _stage(f"exporting {checkpoint} for CPU into {build}")
         export(checkpoint, build, target="cpu", log=lambda line: print("  " + line))
     _stage("starting the Triton server (tritonserver bundled in nvidia-pytriton, python backend, 127.0.0.1)")
     start = time.perf_counter()
-    with TritonServer(build / "model_repository") as server:
+    with TritonServer(build / MODEL_REPOSITORY) as server:
         print(f"  ready in {time.perf_counter() - start:.1f} s: grpc {server.grpc_url}, http {server.http_url}, "
               f"metrics {server.metrics_url}")  # fmt: skip
         _stage(f"transcribing {len(clips)} LibriVox clips over gRPC (all in flight at once, {MAX_NEW_TOKENS} new tokens max)")

@@ -8,17 +8,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .contract import EXPORT_INFO
 from .errors import MissingFile
 
-MANIFEST = "export.json"
+
+def write_export_info(build: Path, manifest: dict) -> None:
+    (Path(build) / EXPORT_INFO).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
 
 
-def write_manifest(build: Path, manifest: dict) -> None:
-    (Path(build) / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-
-
-def read_manifest(build: Path) -> dict:
-    path = Path(build) / MANIFEST
+def read_export_info(build: Path) -> dict:
+    path = Path(build) / EXPORT_INFO
     if not path.is_file():
         raise MissingFile(f"{path} not found: run `canary-trt export --checkpoint DIR --out {build}` first")
     return json.loads(path.read_text(encoding="utf-8"))

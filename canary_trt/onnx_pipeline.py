@@ -8,30 +8,21 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from .contract import DECODER_ONNX, ENCODER_ONNX, MAX_NEW_TOKENS
 from .decoding import GreedyDecoder, Request, splice_fake_ids
+from .encoding import encode
 from .errors import InvalidInput
-from .manifest import read_manifest
+from .export_info import read_export_info
 from .tokenizer import eos_id, load_tokenizer, placeholder_id
-from .transcribe import MAX_NEW_TOKENS
-
-
-def encode(session: ort.InferenceSession, waveforms: list[np.ndarray]) -> list[np.ndarray]:
-    """encoder.onnx over the clips as one zero-padded batch -> each clip's own [T', H] embedding rows."""
-    lengths = np.array([len(w) for w in waveforms], dtype=np.int32)
-    batch = np.zeros((len(waveforms), lengths.max()), dtype=np.float32)
-    for i, w in enumerate(waveforms):
-        batch[i, : len(w)] = w
-    embeddings, rows = session.run(None, {"WAV": batch, "WAV_LENS": lengths})
-    return [e[:n] for e, n in zip(embeddings, rows)]
 
 
 class OnnxPipeline:
     def __init__(self, build: str | Path, threads: int | None = None, exact: bool = False):
         """exact: run the fp32 graphs of an int8 build (they are kept beside the int8 ones)."""
         build = Path(build)
-        manifest = read_manifest(build)
+        manifest = read_export_info(build)
         if exact:
-            manifest.update(encoder="encoder.onnx", decoder="decoder.onnx")
+            manifest.update(encoder=ENCODER_ONNX, decoder=DECODER_ONNX)
         if manifest["target"] != "cpu":
             raise InvalidInput(f"{build} is a {manifest['target']} build; the onnx backend runs CPU builds")
         options = ort.SessionOptions()

@@ -4,12 +4,11 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing in the tests may touch the network
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-LIBRIVOX_DIR = Path("/usr/share/pocketsphinx/test/data/librivox")
+from canary_trt.contract import LIBRIVOX_DIR
+
 
 
 def librivox_clips() -> dict[str, np.ndarray]:

@@ -1,14 +1,12 @@
 """canary_trt.audio.load_audio: files (wav/flac/ogg), bytes and arrays -> 16 kHz mono float32."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import soundfile as sf
 
 from canary_trt.audio import SAMPLE_RATE, AudioError, duration, load_audio
+from canary_trt.contract import LIBRIVOX_DIR
 
-LIBRIVOX_DIR = Path("/usr/share/pocketsphinx/test/data/librivox")
 
 
 def sine(freq: float, rate: int, seconds: float = 1.0, amplitude: float = 0.5) -> np.ndarray:

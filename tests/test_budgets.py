@@ -11,7 +11,7 @@ from canary_trt.contract import MAX_NEW_TOKENS, PROMPT_TOKENS, SAMPLE_RATE, Budg
 from canary_trt.export.build import export
 from canary_trt.export.presets import get_preset
 from canary_trt.export.trtllm import MIN_CALIB_TEXTS, check_calibration
-from canary_trt.manifest import read_manifest
+from canary_trt.export_info import read_export_info
 from canary_trt.onnx_pipeline import OnnxPipeline
 from canary_trt.tokenizer import asr_prompt_ids
 
@@ -31,16 +31,16 @@ def test_budget_arithmetic():
 
 
 def test_cpu_build_records_its_budgets(cpu_build, tiny_checkpoint, tmp_path):
-    assert read_manifest(cpu_build)["budgets"] == Budgets().to_manifest()
+    assert read_export_info(cpu_build)["budgets"] == Budgets().to_manifest()
     export(tiny_checkpoint.path, tmp_path, target="cpu", dry_run=True, max_new_tokens=300, log=lambda line: None)
-    assert Budgets.from_manifest(read_manifest(tmp_path)).max_new_tokens == 300
+    assert Budgets.from_manifest(read_export_info(tmp_path)).max_new_tokens == 300
 
 
 def test_gpu_engine_is_sized_by_the_same_budgets(tiny_checkpoint, tmp_path):
     printed = []
     export(tiny_checkpoint.path, tmp_path, target="gpu", preset="l40s", dry_run=True, max_new_tokens=256,
            log=printed.append)  # fmt: skip
-    budgets = Budgets.from_manifest(read_manifest(tmp_path))
+    budgets = Budgets.from_manifest(read_export_info(tmp_path))
     assert budgets == Budgets(max_new_tokens=256)
     command = next(line for line in printed if "trtllm-build" in line).split()
     flag = lambda name: int(command[command.index(f"--{name}") + 1])  # noqa: E731

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from canary_trt.decoding import GreedyDecoder, Request, input_names, splice_fake_ids
-from canary_trt.export.decoder_onnx import DATA_NAME, EMBEDDINGS_NAME, ONNX_NAME, export_decoder_onnx
-from canary_trt.export.quantize import INT8_NAME, quantize_decoder_int8
+from canary_trt.contract import DECODER_INT8_ONNX, DECODER_ONNX, EMBEDDINGS
+from canary_trt.export.decoder_onnx import DATA_NAME, export_decoder_onnx
+from canary_trt.export.quantize import quantize_decoder_int8
 from canary_trt.tokenizer import asr_prompt_ids
 
 MAX_NEW = 24
@@ -19,14 +20,14 @@ NAMES = ["1s", "0880", "0870", "35s"]  # 1 s .. 35 s: prompts of 27 .. ~450 posi
 @pytest.fixture(scope="module")
 def export_dir(tiny_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("decoder")
-    assert export_decoder_onnx(tiny_checkpoint, out) == out / ONNX_NAME
+    assert export_decoder_onnx(tiny_checkpoint, out) == out / DECODER_ONNX
     assert (out / DATA_NAME).is_file()  # external data, as the full-size model needs
     return out
 
 
 @pytest.fixture(scope="module")
 def decoder(export_dir):
-    return GreedyDecoder(export_dir / ONNX_NAME, export_dir / EMBEDDINGS_NAME)
+    return GreedyDecoder(export_dir / DECODER_ONNX, export_dir / EMBEDDINGS)
 
 
 @pytest.fixture(scope="module")
@@ -119,9 +120,9 @@ def test_stops_at_end_id(decoder, make_request, expected):
 
 
 def test_int8_variant_runs(export_dir, decoder, make_request):
-    path = quantize_decoder_int8(export_dir / ONNX_NAME, export_dir / INT8_NAME)
+    path = quantize_decoder_int8(export_dir / DECODER_ONNX, export_dir / DECODER_INT8_ONNX)
     assert path.with_name(path.name + ".data").is_file()
-    int8 = GreedyDecoder(path, export_dir / EMBEDDINGS_NAME)
+    int8 = GreedyDecoder(path, export_dir / EMBEDDINGS)
     requests = [make_request(name, end_id=-1) for name in NAMES]  # -1: never emitted, so all run MAX_NEW steps
     quantized, exact = int8.generate(requests), decoder.generate(requests)
     assert all(len(ids) == MAX_NEW for ids in quantized)

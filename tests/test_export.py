@@ -9,13 +9,13 @@ import pytest
 
 from canary_trt.cli import main
 from canary_trt.export.presets import PRESETS, get_preset
-from canary_trt.manifest import read_manifest
+from canary_trt.export_info import read_export_info
 
 CLIP_SETS = {"1s": ["1s"], "10s": ["10s"], "35s": ["35s"], "mixed batch": ["0880", "35s", "1s", "0870", "10s"]}
 
 
 def test_cpu_build_contents(cpu_build):
-    manifest = read_manifest(cpu_build)
+    manifest = read_export_info(cpu_build)
     assert manifest["target"] == "cpu" and manifest["precision"] == "fp32" and manifest["decoder"] == "decoder.onnx"
     for name in ("encoder.onnx", "encoder.onnx.data", "decoder.onnx", "decoder.onnx.data", "embed_tokens.npy",
                  "tokenizer/tokenizer.json", "tokenizer/tokenizer_config.json", "model_repository/canary_qwen/config.pbtxt"):
@@ -66,7 +66,7 @@ def test_int8_build_transcribes(capsys, tiny_checkpoint, clips, tmp_path):
     build = tmp_path / "int8"
     assert main(["export", "--checkpoint", str(tiny_checkpoint.path), "--out", str(build), "--precision", "int8"]) == 0
     capsys.readouterr()
-    manifest = read_manifest(build)
+    manifest = read_export_info(build)
     assert manifest["precision"] == "int8" and manifest["decoder"] == "decoder_int8.onnx"
     assert manifest["encoder"] == "encoder_int8.onnx"
     assert all((build / name).is_file() for name in ("encoder.onnx", "encoder_int8.onnx", "decoder.onnx", "decoder_int8.onnx"))
@@ -139,6 +139,6 @@ def test_onnx_backend_errors(capsys, clips, tmp_path, cpu_build):
     assert "export.json not found: run `canary-trt export" in capsys.readouterr().err
     gpu_like = tmp_path / "gpu-build"
     shutil.copytree(cpu_build, gpu_like)
-    (gpu_like / "export.json").write_text(json.dumps({**read_manifest(cpu_build), "target": "gpu"}))
+    (gpu_like / "export.json").write_text(json.dumps({**read_export_info(cpu_build), "target": "gpu"}))
     assert main(["transcribe", "--backend", "onnx", "--build", str(gpu_like), *wav]) == 2
     assert "is a gpu build" in capsys.readouterr().err

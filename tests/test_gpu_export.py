@@ -238,7 +238,7 @@ def test_two_stage_gpu_build_prepares_here_and_engines_build_on_it(no_gpu_tools,
     """--stage prepare runs on a machine without TensorRT (the Kubernetes export Job's CPU step); --stage
     engines needs that folder, made with the same options, and the pinned container's tools."""
     from canary_trt.export.build import export
-    from canary_trt.manifest import read_manifest
+    from canary_trt.export_info import read_export_info
 
     out, quiet = tmp_path / "build", lambda line: None
     with pytest.raises(FileNotFoundError, match="--stage prepare"):
@@ -249,7 +249,7 @@ def test_two_stage_gpu_build_prepares_here_and_engines_build_on_it(no_gpu_tools,
         "encoder ONNX", "merged HF Qwen3 checkpoint", "tokenizer", "manifest", "Triton model repository"]
     assert (out / "encoder.onnx").is_file() and (out / "hf_llm" / "config.json").is_file()
     assert (out / "model_repository" / "decoder" / "config.pbtxt").is_file()
-    assert read_manifest(out)["preset"] == "h100"
+    assert read_export_info(out)["preset"] == "h100"
 
     with pytest.raises(ValueError, match="prepared with {'preset': 'h100'}"):
         export(tiny_checkpoint.path, out, "gpu", preset="a100", stage="engines", log=quiet)

@@ -116,10 +116,10 @@ def _env_parameter(prefix) -> str:
 def repository(gpu_build, venv, tmp_path_factory) -> Path:
     """The GPU configs of the three python models, run in the container venv; twins in the main venv; a probe."""
     from canary_trt.export.repository import write_model_repository
-    from canary_trt.manifest import read_manifest
+    from canary_trt.export_info import read_export_info
 
     repo = tmp_path_factory.mktemp("gpu-python-models") / "model_repository"
-    write_model_repository(gpu_build, read_manifest(gpu_build), overrides={"python_env": _env_parameter(venv)}, out=repo)
+    write_model_repository(gpu_build, read_export_info(gpu_build), overrides={"python_env": _env_parameter(venv)}, out=repo)
     for model in repo.iterdir():
         if model.name not in GPU_MODELS:  # encoder (TensorRT), decoder (TensorRT-LLM), the ensemble
             shutil.rmtree(model)
@@ -150,10 +150,10 @@ def client(repository):
 
 @pytest.fixture(scope="module")
 def tokenizer(gpu_build):
-    from canary_trt.manifest import read_manifest
+    from canary_trt.export_info import read_export_info
     from canary_trt.tokenizer import load_tokenizer
 
-    return load_tokenizer(gpu_build / read_manifest(gpu_build)["tokenizer"])
+    return load_tokenizer(gpu_build / read_export_info(gpu_build)["tokenizer"])
 
 
 def _input(name, value):
@@ -244,10 +244,10 @@ def test_audio_check_refuses_bad_audio(client, wav, length, words):
 
 def test_adapter_builds_the_decoder_request(client, tokenizer, gpu_build):
     from canary_trt.decoding import splice_fake_ids
-    from canary_trt.manifest import read_manifest
+    from canary_trt.export_info import read_export_info
     from canary_trt.tokenizer import asr_prompt_ids, eos_id, pad_id, placeholder_id
 
-    manifest = read_manifest(gpu_build)
+    manifest = read_export_info(gpu_build)
     rows = 7
     embeddings = np.random.default_rng(0).standard_normal((1, rows, manifest["hidden_size"])).astype(np.float32)
     requests = {

@@ -14,7 +14,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import InferenceServerException
 
 from canary_trt.export.repository import MAX_QUEUE_SIZE, QUEUE_TIMEOUT_US, write_model_repository
-from canary_trt.manifest import read_manifest
+from canary_trt.export_info import read_export_info
 from canary_trt.server import TritonServer
 from canary_trt.transcribe import transcribe
 
@@ -36,7 +36,7 @@ def test_default_queue_policy(cpu_build):
 
 @pytest.fixture(scope="module")
 def tiny_queue_server(cpu_build, tmp_path_factory):
-    repository = write_model_repository(cpu_build, read_manifest(cpu_build), out=tmp_path_factory.mktemp("overload") / "repo",
+    repository = write_model_repository(cpu_build, read_export_info(cpu_build), out=tmp_path_factory.mktemp("overload") / "repo",
                                         overrides={"max_queue_size": 1, "queue_timeout_us": 300_000})  # fmt: skip
     with TritonServer(repository) as running:
         yield running

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer
 
+from canary_trt.contract import LIBRIVOX_DIR
 from canary_trt.tokenizer import (
     AUDIO_PLACEHOLDER,
     DEFAULT_INSTRUCTION,
@@ -33,7 +34,7 @@ QWEN2_REGEX = (
     r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 )
 
-LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox/transcription")
+TRANSCRIPTS = LIBRIVOX_DIR / "transcription"
 EXTRA_TEXTS = [
     "Café naïve — 1234 €",
     "Mr. O'Neil's 3rd flight (No. 42) left at 9:45 p.m.; it's 1,024 km away!",
@@ -43,7 +44,7 @@ EXTRA_TEXTS = [
 
 def _corpus() -> list[str]:
     """LibriVox transcripts without the <s> </s> markers and (utterance id), plus EXTRA_TEXTS."""
-    lines = LIBRIVOX.read_text().splitlines() if LIBRIVOX.is_file() else []
+    lines = TRANSCRIPTS.read_text().splitlines() if TRANSCRIPTS.is_file() else []
     sentences = [re.sub(r"^<s>\s*|\s*</s>\s*\(.*\)$", "", line).strip() for line in lines]
     return [s for s in sentences if s] + EXTRA_TEXTS
 

@@ -15,7 +15,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from canary_trt.export.build import export
 from canary_trt.export.presets import LLM_DTYPE
 from canary_trt.export.repository import QUEUE_DELAY_US, write_model_repository
-from canary_trt.manifest import read_manifest
+from canary_trt.export_info import read_export_info
 
 UPSTREAM = "NVIDIA/TensorRT-LLM"
 SRC = "triton_backend/inflight_batcher_llm/src"
@@ -224,7 +224,7 @@ def test_every_required_parameter_is_set(params, gpu_build):
         assert name in params, f"{name}: read without a default by {REQUIRED.get(name, REQUIRED_IN_FACT.get(name))}"
         assert params[name] != f"${{{name}}}", f"{name}: unfilled placeholder"
     assert params["gpt_model_type"] in {"inflight_batching", "inflight_fused_batching"}  # in-flight batching
-    assert params["gpt_model_path"] == str((gpu_build / read_manifest(gpu_build)["llm_engine"]).resolve())
+    assert params["gpt_model_path"] == str((gpu_build / read_export_info(gpu_build)["llm_engine"]).resolve())
 
 
 def test_guided_decoding_is_off(params):
@@ -279,7 +279,7 @@ def test_tensors_match_the_template(decoder):
 
 def test_cuda_graphs_can_be_switched_off(gpu_build, tmp_path):
     """For an on/off comparison on the GPU: the same build, graphs off."""
-    out = write_model_repository(gpu_build, read_manifest(gpu_build), out=tmp_path / "repo",
+    out = write_model_repository(gpu_build, read_export_info(gpu_build), out=tmp_path / "repo",
                                  overrides={"decoder_cuda_graph_mode": "false"})  # fmt: skip
     config = _load(out, "decoder")
     assert config.parameters["cuda_graph_mode"].string_value == "false"

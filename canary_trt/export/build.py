@@ -24,14 +24,15 @@ from pathlib import Path
 from typing import Callable
 
 from ..checkpoint import Checkpoint
-from ..contract import MAX_NEW_TOKENS, Budgets
-from ..manifest import MANIFEST, read_manifest, write_manifest
+from ..contract import (DECODER_INT8_ONNX, DECODER_ONNX, EMBEDDINGS, ENCODER_INT8_ONNX, ENCODER_ONNX, ENCODER_PLAN,
+                        EXPORT_INFO, HF_LLM_DIR, MAX_NEW_TOKENS, MODEL_REPOSITORY, TOKENIZER_DIR, TRTLLM_CHECKPOINT_DIR,
+                        TRTLLM_ENGINE_DIR, Budgets)
+from ..export_info import read_export_info, write_export_info
 from ..tokenizer import copy_tokenizer_files
 from . import decoder_onnx, encoder_onnx
 from ..errors import InvalidInput, MissingFile
-from .repository import REPOSITORY, write_model_repository
+from .repository import write_model_repository
 
-TOKENIZER_DIR = "tokenizer"
 # --precision per target: int8 means 8-bit weights (CPU: encoder and decoder; GPU: the LLM, W8A16).
 PRECISIONS = {"cpu": ("fp32", "int8"), "gpu": ("fp16", "bf16", "fp8", "int8")}
 GPU_PRECISION = {  # --precision -> preset fields
@@ -42,7 +43,6 @@ GPU_PRECISION = {  # --precision -> preset fields
 }
 DEFAULT_PRESET = "h100"
 STAGES = ("all", "prepare", "engines")
-HF_DIR = "hf_llm"
 MODELS = ("audio_check", "encoder", "adapter", "decoder", "detokenizer", "canary_qwen")
 
 
@@ -70,7 +70,7 @@ def plan(checkpoint: Checkpoint, out: Path, target: str, precision: str | None, 
     encoder_detail = f"WAV f32 [B, samples] + WAV_LENS i32 [B] -> audio_embeddings f32 [B, T', {hidden}] + audio_lengths i32 [B]"
     steps = [Step("encoder ONNX", encoder_detail, action=lambda: encoder_onnx.export_encoder_onnx(checkpoint, out))]
     manifest = {"target": target, "precision": precision, "checkpoint": str(checkpoint.path),
-                "vocab_size": llm["vocab_size"], "hidden_size": hidden, "encoder": encoder_onnx.FILE,
+                "vocab_size": llm["vocab_size"], "hidden_size": hidden, "encoder": ENCODER_ONNX,
                 "tokenizer": TOKENIZER_DIR}  # fmt: skip
 
     if target == "cpu":
@@ -84,22 +84,22 @@ def plan(checkpoint: Checkpoint, out: Path, target: str, precision: str | None, 
             f"{layers} x past key/value f32 [B, {kv_heads}, P, {head_dim}] -> logits f32 [B, {llm['vocab_size']}] + present",
             action=lambda: decoder_onnx.export_decoder_onnx(checkpoint, out),
         ))  # fmt: skip
-        manifest.update(decoder=decoder_onnx.ONNX_NAME, embeddings=decoder_onnx.EMBEDDINGS_NAME)
+        manifest.update(decoder=DECODER_ONNX, embeddings=EMBEDDINGS)
         if precision == "int8":
             from . import quantize
 
-            steps.append(Step("encoder int8 weights (dynamic int8 MatMuls; front end and attention fp32)", quantize.ENCODER_INT8_NAME,
-                              action=lambda: quantize.quantize_encoder_int8(out / encoder_onnx.FILE, out / quantize.ENCODER_INT8_NAME)))  # fmt: skip
-            steps.append(Step("decoder int8 weights (MatMulNBits, 8 bit, block 128, int8 compute)", quantize.INT8_NAME,
-                              action=lambda: quantize.quantize_decoder_int8(out / decoder_onnx.ONNX_NAME, out / quantize.INT8_NAME)))  # fmt: skip
-            manifest.update(encoder=quantize.ENCODER_INT8_NAME, decoder=quantize.INT8_NAME)
+            steps.append(Step("encoder int8 weights (dynamic int8 MatMuls; front end and attention fp32)", ENCODER_INT8_ONNX,
+                              action=lambda: quantize.quantize_encoder_int8(out / ENCODER_ONNX, out / ENCODER_INT8_ONNX)))  # fmt: skip
+            steps.append(Step("decoder int8 weights (MatMulNBits, 8 bit, block 128, int8 compute)", DECODER_INT8_ONNX,
+                              action=lambda: quantize.quantize_decoder_int8(out / DECODER_ONNX, out / DECODER_INT8_ONNX)))  # fmt: skip
+            manifest.update(encoder=ENCODER_INT8_ONNX, decoder=DECODER_INT8_ONNX)
     else:
         steps += _gpu_steps(checkpoint, out, precision, preset_name or DEFAULT_PRESET, manifest, max_new_tokens, calib_dataset)
 
     steps.append(Step("tokenizer", f"{checkpoint.llm_path} -> {TOKENIZER_DIR}/",
                       action=lambda: copy_tokenizer_files(checkpoint.llm_path, out / TOKENIZER_DIR), cheap=True))  # fmt: skip
-    steps.append(Step("manifest", json.dumps(manifest), action=lambda: write_manifest(out, manifest), cheap=True))
-    steps.append(Step(f"Triton model repository ({target} flavour)", f"{out / REPOSITORY}: {', '.join(MODELS)}",
+    steps.append(Step("manifest", json.dumps(manifest), action=lambda: write_export_info(out, manifest), cheap=True))
+    steps.append(Step(f"Triton model repository ({target} flavour)", f"{out / MODEL_REPOSITORY}: {', '.join(MODELS)}",
                       action=lambda: write_model_repository(out, manifest), cheap=True))  # fmt: skip
     return steps
 
@@ -110,10 +110,10 @@ def _gpu_steps(checkpoint, out, precision, preset_name, manifest, max_new_tokens
 
     preset = get_preset(preset_name, max_new_tokens=max_new_tokens, **GPU_PRECISION[precision])
     calibration = trtllm.check_calibration(preset, calib_dataset)  # before any work: fp8 needs local text
-    onnx_path, engine = out / encoder_onnx.FILE, out / tensorrt.ENGINE
-    hf_dir, ckpt_dir, engine_dir = out / HF_DIR, out / "trtllm_checkpoint", out / "trtllm_engine"
+    onnx_path, engine = out / ENCODER_ONNX, out / ENCODER_PLAN
+    hf_dir, ckpt_dir, engine_dir = out / HF_LLM_DIR, out / TRTLLM_CHECKPOINT_DIR, out / TRTLLM_ENGINE_DIR
     shapes = ", ".join(f"{name} min/opt/max {list(s)}" for name, s in preset.encoder_shapes().items())
-    manifest.update(preset=preset.name, encoder_engine=tensorrt.ENGINE, llm_engine=engine_dir.name,
+    manifest.update(preset=preset.name, encoder_engine=ENCODER_PLAN, llm_engine=engine_dir.name,
                     max_batch_size=preset.llm_max_batch, encoder_max_batch_size=preset.encoder_max_batch,
                     budgets=preset.budgets.to_manifest(), kv_cache_free_gpu_mem_fraction=preset.kv_cache_free_gpu_mem_fraction)  # fmt: skip
     return [
@@ -183,11 +183,11 @@ def _make_readable(out: Path, since: float) -> None:
 
 def _check_prepared(out: Path, checkpoint: Checkpoint, precision: str, preset: str) -> None:
     """The `engines` stage builds on a `prepare` of the same checkpoint, precision and preset."""
-    missing = [name for name in (encoder_onnx.FILE, HF_DIR, MANIFEST) if not (out / name).exists()]
+    missing = [name for name in (ENCODER_ONNX, HF_LLM_DIR, EXPORT_INFO) if not (out / name).exists()]
     if missing:
         raise MissingFile(f"{out} lacks {', '.join(missing)}: run `canary-trt export --target gpu --stage prepare` "
                                 "into it first")  # fmt: skip
-    prepared = read_manifest(out)
+    prepared = read_export_info(out)
     wanted = {"checkpoint": str(checkpoint.path), "precision": precision, "preset": preset}
     differ = {key: prepared.get(key) for key, value in wanted.items() if prepared.get(key) != value}
     if differ:

@@ -17,11 +17,10 @@ import torch
 from transformers import DynamicCache, Qwen3Config, Qwen3ForCausalLM
 
 from ..checkpoint import LLM_KEYS, Checkpoint, merged_llm_weights
+from ..contract import DECODER_ONNX, EMBEDDINGS
 from ..decoding import input_names, output_names
 
-ONNX_NAME = "decoder.onnx"
-DATA_NAME = ONNX_NAME + ".data"
-EMBEDDINGS_NAME = "embed_tokens.npy"
+DATA_NAME = DECODER_ONNX + ".data"
 OPSET = 18
 
 
@@ -56,7 +55,7 @@ def export_decoder_onnx(checkpoint: Checkpoint, out_dir) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     llm = load_llm(checkpoint)
-    np.save(out_dir / EMBEDDINGS_NAME, llm.get_input_embeddings().weight.detach().numpy())
+    np.save(out_dir / EMBEDDINGS, llm.get_input_embeddings().weight.detach().numpy())
 
     config = llm.config
     layers, kv_heads, head_dim = config.num_hidden_layers, config.num_key_value_heads, config.head_dim
@@ -73,7 +72,7 @@ def export_decoder_onnx(checkpoint: Checkpoint, out_dir) -> Path:
         {0: batch, 1: seq}, {0: batch, 1: Dim("total")}, {0: batch, 1: seq},
         ({0: batch, 2: past},) * (2 * layers),  # *past arrives as one tuple
     )  # fmt: skip
-    path = out_dir / ONNX_NAME
+    path = out_dir / DECODER_ONNX
     with torch.no_grad():
         program = torch.onnx.export(
             DecoderStep(llm).eval(), example, input_names=input_names(layers), output_names=output_names(layers),

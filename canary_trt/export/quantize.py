@@ -13,8 +13,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-INT8_NAME = "decoder_int8.onnx"
-ENCODER_INT8_NAME = "encoder_int8.onnx"
 
 
 def quantize_decoder_int8(decoder_onnx, out_path) -> Path:

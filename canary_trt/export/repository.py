@@ -10,14 +10,13 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from ..contract import CLIPS_PER_REQUEST, Budgets
+from ..contract import CLIPS_PER_REQUEST, MODEL_REPOSITORY, Budgets
 
 LAYERS = {"cpu": ("common", "cpu"), "gpu": ("common", "gpu")}
 # Pieces shared by several templates, each filled in as one ${name} (decoder_io: the decoder's tensors in both
 # flavours; queue_policy: every dynamic batcher's bounded queue).
 DECODER_IO = "common/decoder_io.pbtxt"
 QUEUE_POLICY = "common/queue_policy.pbtxt"
-REPOSITORY = "model_repository"
 # CPU: the decoder works through every request the batcher hands over at once, so a short wait to
 # gather concurrent requests costs little next to seconds of decoding. GPU: in-flight batching needs none.
 QUEUE_DELAY_US = {"cpu": 20_000, "gpu": 1_000}
@@ -86,7 +85,7 @@ def write_model_repository(build: Path, manifest: dict, overrides: dict | None =
     """Fill the templates into `out` (default BUILD/model_repository), replaced if it exists."""
     flavour = manifest["target"]
     values = values_for(manifest, build, overrides)
-    out = Path(out) if out is not None else build / REPOSITORY
+    out = Path(out) if out is not None else build / MODEL_REPOSITORY
     if out.exists():
         shutil.rmtree(out)
     for layer in LAYERS[flavour]:

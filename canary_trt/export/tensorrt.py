@@ -48,7 +48,6 @@ from .presets import (
 )
 
 MODULE = "canary_trt.export.tensorrt"
-ENGINE = "encoder.plan"
 BUILDER_OPTIMIZATION_LEVEL = 3  # TensorRT's default ("The default optimization level is 3", pyCoreDoc.h@3b4ddc1d)
 # Torch names a node by its module scope (/frontend/...) and an initializer by its state-dict path (frontend.fb);
 # the parser names a layer after its node, and the constant layer it makes for an initializer after the

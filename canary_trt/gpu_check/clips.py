@@ -9,9 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..contract import SAMPLE_RATE
+from ..contract import LIBRIVOX_DIR, SAMPLE_RATE
 
-LIBRIVOX_DIR = Path("/usr/share/pocketsphinx/test/data/librivox")  # Debian's pocketsphinx-testdata
 TRANSCRIBE_CLIPS = 3  # real utterances through canary_qwen: a few, each a separate request
 SYNTHETIC_SECONDS = (4.0, 7.0, 10.0)  # when LibriVox is absent
 ENCODER_SECONDS = (1.0, 20.0, 40.0)  # the engine profile's short end, its optimum, its maximum

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..contract import ENCODER_PLAN, MODEL_REPOSITORY, TRTLLM_ENGINE_DIR
 from .checks import (ENCODER_MAX_ABS_FRACTION, ENCODER_MIN_COSINE, ENCODER_MIN_ROW_COSINE, Check, encoder_checks,
                      token_checks, token_policy)  # fmt: skip
 from .prepare import CHECKPOINT_DIR, GPU_BUILD
@@ -118,11 +119,11 @@ def _last_error(lines: list[str]) -> str:
 
 
 def reuse_engines(references: References) -> Check:
-    from ..manifest import read_manifest
+    from ..export_info import read_export_info
 
     build = references.directory / GPU_BUILD
-    manifest = read_manifest(build)
-    engines = (manifest.get("encoder_engine", "encoder.plan"), manifest.get("llm_engine", "trtllm_engine"))
+    manifest = read_export_info(build)
+    engines = (manifest.get("encoder_engine", ENCODER_PLAN), manifest.get("llm_engine", TRTLLM_ENGINE_DIR))
     missing = [name for name in engines if not (build / name).exists()]
     if missing:
         return Check("engines stage", False, "--skip-engines",
@@ -136,7 +137,7 @@ def serve_and_compare(references: References, tritonserver: str | None, exact: b
     from .container_server import ContainerTritonServer
 
     binary = tritonserver_binary(tritonserver, _path())
-    repository = references.directory / GPU_BUILD / "model_repository"
+    repository = references.directory / GPU_BUILD / MODEL_REPOSITORY
     log_path = references.directory / LOGS / "tritonserver.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log(f"== tritonserver {binary} --model-repository {repository} (log {log_path})")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
-from ..onnx_pipeline import encode
+from ..encoding import encode
 from .audio_check import check_clips, max_seconds
 from .triton import batched, build_manifest, guarded, parameters, tensor
 

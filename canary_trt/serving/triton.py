@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from ..manifest import read_manifest
+from ..export_info import read_export_info
 
 
 class BadRequest(ValueError):
@@ -30,7 +30,7 @@ def build_manifest(args: dict) -> tuple[Path, dict]:
     # build_dir comes from the model config written by `canary-trt export`; no file is ever opened from
     # request data in any model.
     build = Path(parameters(args)["build_dir"])
-    return build, read_manifest(build)
+    return build, read_export_info(build)
 
 
 def tensor(request, name: str, required: bool = True) -> np.ndarray | None:
