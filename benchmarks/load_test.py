@@ -4,7 +4,7 @@
         [--max-new-tokens 32] [--attempts 1] [--deadline 300]
 
 Starts tritonserver (loopback only, free ports) on the build's model repository, reads the resident memory
-of its whole process tree (tritonserver and the python backend stubs: RSS from /proc, summed over the
+of its whole process tree (tritonserver and the python backend stubs: RSS read with psutil, summed over the
 server's process group) once idle, then fires `--requests` requests (the 5 LibriVox clips, cycled) with
 `--concurrency` in flight through the async gRPC client, sampling the memory every 0.2 s, and reads it
 again once all are answered. Each request ends as completed, rejected (Triton's overload answer: queue
@@ -24,27 +24,24 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
 
 
 def group_rss_bytes(pgid: int) -> tuple[int, int]:
     """(RSS summed over every process in process group `pgid`, how many processes)."""
-    page = os.sysconf("SC_PAGE_SIZE")
     total = count = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for process in psutil.process_iter(["memory_info"]):
         try:
-            stat = (entry / "stat").read_text()
-            fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": state ppid pgrp ...
-            if int(fields[2]) != pgid:
+            if os.getpgid(process.pid) != pgid:
                 continue
-            total += int((entry / "statm").read_text().split()[1]) * page
-            count += 1
-        except (OSError, ValueError, IndexError):
+        except OSError:
             continue  # the process ended meanwhile
+        memory = process.info["memory_info"]  # None: unreadable (a zombie holds no memory)
+        total += memory.rss if memory else 0
+        count += 1
     return total, count
 
 
@@ -66,7 +63,8 @@ class MemorySampler(threading.Thread):
 
 async def fire(url: str, clips: list, requests: int, concurrency: int, max_new_tokens: int, attempts: int,
                deadline: float) -> list[dict]:  # fmt: skip
-    from canary_trt.client.api import AsyncTranscriptionClient, RetriesExhausted, RetryPolicy, is_overload
+    from canary_trt.client.api import AsyncTranscriptionClient
+    from canary_trt.client.retry import OVERLOADED, Failure, RetryPolicy
 
     outcomes: list[dict | None] = [None] * requests
     async with AsyncTranscriptionClient(url, concurrency=concurrency,
@@ -79,9 +77,9 @@ async def fire(url: str, clips: list, requests: int, concurrency: int, max_new_t
                 result = await client.transcribe(clip, sample_rate=16000, max_new_tokens=max_new_tokens)
                 outcomes[i] = {"status": "completed", "latency_seconds": result.latency_seconds}
             except Exception as e:
-                overload = e.overload if isinstance(e, RetriesExhausted) else is_overload(e)
-                outcomes[i] = {"status": "rejected" if overload else "failed",
-                               "seconds": time.perf_counter() - start, "error": f"{type(e).__name__}: {e}"}  # fmt: skip
+                failure = Failure.of(e)
+                outcomes[i] = {"status": "rejected" if failure.kind == OVERLOADED else "failed",
+                               "seconds": time.perf_counter() - start, "error": failure.text}  # fmt: skip
 
         try:
             await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(requests))), deadline)
@@ -103,16 +101,17 @@ def main() -> None:
     args = parser.parse_args()
 
     from canary_trt.audio import load_audio
-    from canary_trt.client.bench import describe_machine
+    from canary_trt.client.machine import describe_machine
+    from canary_trt.contract import LIBRIVOX_DIR
     from canary_trt.client.metrics import percentiles
     from canary_trt.server import TritonServer
 
     repository = args.build / "model_repository"
     if not repository.is_dir():
         raise SystemExit(f"{repository} not found: run ./build.sh --demo, or canary-trt export --out {args.build}")
-    clips = [load_audio(p) for p in sorted(LIBRIVOX.glob("*.wav"))]
+    clips = [load_audio(p) for p in sorted(LIBRIVOX_DIR.glob("*.wav"))]
     if not clips:
-        raise SystemExit(f"no LibriVox clips in {LIBRIVOX}: install Debian's pocketsphinx-testdata")
+        raise SystemExit(f"no LibriVox clips in {LIBRIVOX_DIR}: install Debian's pocketsphinx-testdata")
 
     with TritonServer(repository, host="127.0.0.1") as server:
         time.sleep(1.0)  # let the stubs settle after loading

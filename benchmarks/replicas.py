@@ -77,7 +77,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE / "results/replicas.json")
     args = parser.parse_args()
 
-    from canary_trt.client.bench import describe_machine, run_benchmark
+    from canary_trt.client.bench import run_benchmark
+    from canary_trt.client.machine import describe_machine
     from canary_trt.client.manifest import librivox_utterances
     from canary_trt.server import TritonServer
 

@@ -15,7 +15,8 @@ MAX_NEW_TOKENS = 32
 
 def run(checkpoint: Path | None, work: Path) -> None:
     from .client import AsyncTranscriptionClient
-    from .client.manifest import LIBRIVOX_DIR, librivox_utterances
+    from .client.manifest import librivox_utterances
+    from .contract import LIBRIVOX_DIR
     from .checkpoint import WEIGHTS_NAME
     from .contract import EXPORT_INFO, MODEL_REPOSITORY
     from .export.build import export

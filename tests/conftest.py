@@ -61,3 +61,14 @@ def server(cpu_build):
 
     with TritonServer(cpu_build / "model_repository") as running:
         yield running
+
+
+# The fast tier, `pytest -m "not slow"` (README): a test is `slow` when it needs a model run through NeMo or
+# PyTorch, an export, or a live server, whether through these fixtures or its module's own (pytestmark).
+HEAVY_FIXTURES = {"reference", "cpu_build", "server"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -11,8 +11,8 @@ import pytest
 import soundfile as sf
 
 from canary_trt.client.api import Transcription
-from canary_trt.client.bench import Clip, describe_machine, statistics_delta, summarize_pass
 from canary_trt.client.cli import main
+from canary_trt.client.machine import describe_machine
 from canary_trt.client.manifest import (
     LIBRIVOX_DIR,
     ManifestError,
@@ -23,6 +23,8 @@ from canary_trt.client.manifest import (
 )
 from canary_trt.client.metrics import WordErrors, corpus_errors, normalize, percentiles, rtfx, word_errors
 from canary_trt.client.report import write_report
+from canary_trt.client.results import Clip, summarize_pass
+from canary_trt.client.stats import statistics_delta
 
 # --- WER ---------------------------------------------------------------------------------------------------
 
@@ -262,6 +264,7 @@ def test_client_modules_import_without_torch():
     code = (
         "import sys; sys.modules['torch'] = None\n"  # any `import torch` now raises
         "import canary_trt.client, canary_trt.client.cli, canary_trt.client.bench, canary_trt.client.report\n"
+        "from canary_trt.client import endpoints, machine, results, resume, retry, stats, tensors\n"
         "from canary_trt.client.metrics import word_errors; word_errors('a', 'b')\n"
         "from canary_trt.client.cli import main; main(['manifest-librivox', '--out', sys.argv[1]])\n"
     )

@@ -141,6 +141,7 @@ def test_transcribe_accepts_44k_stereo(capsys, tiny_checkpoint, reference, clips
     assert 1 <= len(want.token_ids) <= 8
 
 
+@pytest.mark.slow  # the PyTorch reference
 def test_batch_size_does_not_change_results(capsys, tiny_checkpoint, wavs):
     paths = [wavs["0870"], wavs["1s"], wavs["stereo44k"]]
     one = transcribe_json(capsys, tiny_checkpoint.path, paths, "--batch-size", "1")

@@ -15,7 +15,8 @@ import soxr
 from canary_trt.audio import load_audio
 from canary_trt.client import AsyncTranscriptionClient, TranscriptionClient
 from canary_trt.client.cli import main
-from canary_trt.client.manifest import LIBRIVOX_DIR, librivox_utterances, write_manifest
+from canary_trt.client.manifest import librivox_utterances, write_manifest
+from canary_trt.contract import LIBRIVOX_DIR
 from canary_trt.transcribe import transcribe
 
 MAX_NEW = 8

@@ -13,6 +13,8 @@ from canary_trt.export.decoder_onnx import DATA_NAME, export_decoder_onnx
 from canary_trt.export.quantize import quantize_decoder_int8
 from canary_trt.tokenizer import asr_prompt_ids
 
+pytestmark = pytest.mark.slow  # exports through PyTorch
+
 MAX_NEW = 24
 NAMES = ["1s", "0880", "0870", "35s"]  # 1 s .. 35 s: prompts of 27 .. ~450 positions
 

@@ -2,7 +2,11 @@
 
 import json
 
+import pytest
+
 from canary_trt.cli import main
+
+pytestmark = pytest.mark.slow  # the whole demo: export, serve, transcribe
 
 
 def test_demo_exports_serves_and_transcribes(tmp_path, capsys):

@@ -11,6 +11,8 @@ from canary_trt.export.encoder_onnx import export_encoder_onnx
 from canary_trt.frontend import LogMelFrontend
 from canary_trt.tokenizer import asr_prompt_ids
 
+pytestmark = pytest.mark.slow  # exports through NeMo
+
 CASES = {"1s": ["1s"], "10s": ["10s"], "35s": ["35s"], "mixed batch": ["0880", "35s", "1s", "0870", "10s"]}
 
 

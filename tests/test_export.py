@@ -62,6 +62,7 @@ def test_onnx_backend_is_token_exact_with_torch(case, capsys, cpu_build, tiny_ch
     assert onnx_rows == torch_rows
 
 
+@pytest.mark.slow  # a full int8 export
 def test_int8_build_transcribes(capsys, tiny_checkpoint, clips, tmp_path):
     build = tmp_path / "int8"
     assert main(["export", "--checkpoint", str(tiny_checkpoint.path), "--out", str(build), "--precision", "int8"]) == 0

@@ -16,10 +16,13 @@ import pytest
 from tritonclient.utils import InferenceServerException
 
 from canary_trt.audio import load_audio
-from canary_trt.client.api import AsyncTranscriptionClient, RetriesExhausted, RetryPolicy, is_overload, is_retryable
-from canary_trt.client.bench import PARTIAL_NAME, Clip, PartialResults, fingerprint
+from canary_trt.client.api import AsyncTranscriptionClient, Transcription
 from canary_trt.client.cli import main
-from canary_trt.client.manifest import LIBRIVOX_DIR, Utterance, librivox_utterances, write_manifest
+from canary_trt.client.manifest import Utterance, librivox_utterances, write_manifest
+from canary_trt.contract import LIBRIVOX_DIR
+from canary_trt.client.results import Clip
+from canary_trt.client.resume import PARTIAL_NAME, PartialResults, fingerprint
+from canary_trt.client.retry import RetriesExhausted, RetryPolicy, is_overload, is_retryable
 from canary_trt.server import TritonServer
 from canary_trt.transcribe import transcribe
 
@@ -79,8 +82,6 @@ def test_partial_file_resumes_only_the_same_data_set(tmp_path):
     header = fingerprint(utterances, 24, "canary_qwen")
     path = tmp_path / PARTIAL_NAME
     partial = PartialResults(path, header)
-    from canary_trt.client.api import Transcription
-
     partial.append(4, Clip(0, utterances[0], None), Transcription("a b", [1, 2], 1.0, 0.1))
     partial.append(4, Clip(1, utterances[1], None), "RetriesExhausted: server unavailable")
     with open(path, "a") as f:

@@ -20,6 +20,8 @@ from canary_trt.gpu_check.prepare import prepare
 from canary_trt.gpu_check.references import CHECK_FILE, DATA_DIR, TokenReference, read_references
 from canary_trt.gpu_check.run import build_engines, serve_and_compare
 
+pytestmark = pytest.mark.slow  # the prepare stage exports real builds; the checks run against a live server
+
 MAX_NEW = 12
 SCRIPT = Path(__file__).resolve().parents[1] / "deploy" / "gpu-check.sh"
 

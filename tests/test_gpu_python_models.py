@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # builds a venv and starts a server
+
 ROOT = Path(__file__).resolve().parents[1]
 VENV = ROOT / ".venv-gpu-models"
 LOCK = ROOT / ".venv-gpu-models.lock"

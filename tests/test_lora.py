@@ -1,8 +1,11 @@
 """The LoRA merge: the merged Qwen3 computes what PEFT's unmerged base + LoRA computes."""
 
+import pytest
 import torch
 
 from canary_trt.checkpoint import merged_llm_weights
+
+pytestmark = pytest.mark.slow  # PEFT and NeMo modules
 
 
 def _peft_llm(checkpoint, weights):

@@ -19,7 +19,7 @@ import pytest
 import soundfile as sf
 
 from canary_trt.client.cli import main as client_main
-from canary_trt.client.manifest import LIBRIVOX_DIR
+from canary_trt.contract import LIBRIVOX_DIR
 from canary_trt.openai_api.process import ApiProcess
 from canary_trt.server import free_ports
 
@@ -193,6 +193,7 @@ def black_hole():
         yield listener
 
 
+@pytest.mark.slow  # waits out a request timeout against a server that never answers
 def test_429_when_the_in_flight_limit_and_its_queue_are_full(black_hole):
     host, port = black_hole.getsockname()
     front = Front(f"{host}:{port}", "--max-in-flight", "1", "--max-queue", "1", "--timeout", "3")
@@ -271,7 +272,7 @@ def test_triton_overload_is_429_and_other_failures_map_to_their_codes():
     from tritonclient.utils import InferenceServerException
 
     from canary_trt.audio import AudioError
-    from canary_trt.client.api import RetriesExhausted
+    from canary_trt.client.retry import RetriesExhausted
     from canary_trt.openai_api.errors import from_transcription_failure
 
     def code(status, message):

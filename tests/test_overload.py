@@ -18,6 +18,8 @@ from canary_trt.export_info import read_export_info
 from canary_trt.server import TritonServer
 from canary_trt.transcribe import transcribe
 
+pytestmark = pytest.mark.slow  # live servers
+
 MAX_NEW = 24
 REQUESTS = 24
 REJECTIONS = ("Exceeds maximum queue size", "Request timeout expired")

@@ -1,10 +1,13 @@
 """The PyTorch reference is NeMo: same tokens as NeMo's own SALM, batch-independent, exact lengths."""
 
+import pytest
 import torch
 
 from canary_trt.contract import audio_rows
 from canary_trt.tokenizer import asr_prompt_ids
 from canary_trt.transcribe import transcribe
+
+pytestmark = pytest.mark.slow  # NeMo and the PyTorch reference
 
 MAX_NEW = 24
 ORDER = ["1s", "0880", "0930", "0890", "0920", "0870", "35s"]  # 1 s .. ~35 s

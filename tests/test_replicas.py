@@ -17,20 +17,13 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from canary_trt.audio import load_audio
-from canary_trt.client.api import (
-    MODEL,
-    AsyncTranscriptionClient,
-    Dispatch,
-    EndpointPool,
-    RetriesExhausted,
-    RetryPolicy,
-    TranscriptionClient,
-    resolve,
-    split_urls,
-)
-from canary_trt.client.bench import PARTIAL_NAME, endpoint_statistics, sum_statistics
+from canary_trt.client.api import MODEL, AsyncTranscriptionClient, TranscriptionClient
 from canary_trt.client.cli import main
+from canary_trt.client.endpoints import AsyncEndpointPool, Dispatch, EndpointPool, resolve, split_urls
 from canary_trt.client.manifest import librivox_utterances, write_manifest
+from canary_trt.client.resume import PARTIAL_NAME
+from canary_trt.client.retry import RetriesExhausted, RetryPolicy
+from canary_trt.client.stats import endpoint_statistics, sum_statistics
 from canary_trt.server import TritonServer
 from canary_trt.transcribe import transcribe
 
@@ -111,6 +104,51 @@ def test_names_are_resolved_again_and_replicas_come_and_go(monkeypatch):
     clock.now += 30
     pool.acquire()
     assert len(pool.endpoints) == 3
+
+
+def test_a_slow_dns_answer_does_not_block_the_event_loop(monkeypatch):
+    """The async client's pool looks names up again in a worker thread: a send goes on to the endpoints
+    known meanwhile, other coroutines keep running, and the answer is applied when it comes."""
+    names = {"asr": ["10.0.0.1", "10.0.0.2"]}
+    fake_dns(monkeypatch, names)
+    answered_by_dns = socket.getaddrinfo
+    looked_up_in = []
+
+    def slow_getaddrinfo(*args, **kwargs):
+        looked_up_in.append(threading.current_thread())
+        time.sleep(1.0)
+        return answered_by_dns(*args, **kwargs)
+
+    async def run():
+        async with AsyncTranscriptionClient("asr:8001") as client:  # the pool the async client uses
+            assert isinstance(client.pool, AsyncEndpointPool) and len(client.endpoints) == 2
+        clock = Clock()
+        pool = AsyncEndpointPool("asr:8001", lambda url: f"client of {url}", RetryPolicy(), clock=clock)
+        monkeypatch.setattr(socket, "getaddrinfo", slow_getaddrinfo)
+        names["asr"] = ["10.0.0.3", "10.0.0.4"]
+        clock.now += 30
+        gaps = []
+
+        async def ticker():
+            for _ in range(20):
+                before = time.perf_counter()
+                await asyncio.sleep(0.01)
+                gaps.append(time.perf_counter() - before)
+
+        ticking = asyncio.create_task(ticker())
+        await asyncio.sleep(0)
+        start = time.perf_counter()
+        chosen = pool.acquire()  # the look-up is due: it starts, this send does not wait for it
+        assert time.perf_counter() - start < 0.5
+        assert chosen.url in ("10.0.0.1:8001", "10.0.0.2:8001") and pool.lookup is not None
+        await ticking
+        assert max(gaps) < 0.5  # the loop ran on while DNS took 1 s
+        await pool.lookup
+        assert [e.url for e in pool.endpoints] == ["10.0.0.3:8001", "10.0.0.4:8001"]
+        assert [e.url for e in pool.retired] == ["10.0.0.1:8001", "10.0.0.2:8001"]
+
+    asyncio.run(run())
+    assert looked_up_in and threading.main_thread() not in looked_up_in
 
 
 def test_least_in_flight_first_ties_in_turn():

@@ -23,6 +23,8 @@ import tritonclient.grpc as grpcclient
 import canary_trt.server
 from canary_trt.server import TritonServer, TritonServerError
 
+pytestmark = pytest.mark.slow  # every test starts the bundled tritonserver
+
 CONSOLE_SCRIPT = Path(sys.executable).parent / "canary-trt"
 
 CONFIG = """\

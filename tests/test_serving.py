@@ -10,6 +10,8 @@ from canary_trt.client import AsyncTranscriptionClient, TranscriptionClient
 from canary_trt.server import TritonServer
 from canary_trt.transcribe import transcribe
 
+pytestmark = pytest.mark.slow  # live servers
+
 MAX_NEW = 24
 NAMES = ["1s", "0880", "0930", "0890", "0920", "0870", "10s", "35s"]
 

@@ -1,4 +1,13 @@
-"""The gRPC client side of canary-trt. Installs with `pip install .[client]` and never imports torch."""
+"""The gRPC client side of canary-trt. Installs with `pip install .[client]` and never imports torch.
+
+    api.py        TranscriptionClient and AsyncTranscriptionClient
+    tensors.py    a request as the ensemble's tensors, and its answer back
+    retry.py      RetryPolicy, and what kind of failure an error is (`classify`)
+    endpoints.py  several replicas: DNS, the endpoint pool, where each send goes
+    bench.py      `canary-trt-client bench`: the passes; results.py (rows, a pass's numbers), resume.py
+                  (partial.jsonl), stats.py (Triton's counters), machine.py, metrics.py (WER, RTFx), report.py
+    cli.py        `canary-trt-client`; manifest.py: evaluation sets
+"""
 
 from .api import AsyncTranscriptionClient, RetriesExhausted, RetryPolicy, Transcription, TranscriptionClient
 

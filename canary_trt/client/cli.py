@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from ..errors import CanaryError, InvalidInput
+
 PROG = "canary-trt-client"
 EXIT_CODES = "exit status: 0 every clip transcribed; 1 some clips failed (each one named); 2 a usage or setup error"
 
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.run(args) or 0
-    except (ValueError, OSError, InferenceServerException) as e:  # clear errors (incl. no server): no traceback
+    except (CanaryError, InferenceServerException) as e:  # clear errors (incl. no server): no traceback; a bug keeps its own
         print(f"{PROG} {args.command}: error: {e}", file=sys.stderr)
         return 2
 
@@ -78,13 +80,14 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _urls(args) -> list[str]:
-    from .api import DEFAULT_URL, split_urls
+    from .api import DEFAULT_URL
+    from .endpoints import split_urls
 
     return split_urls(args.url or [DEFAULT_URL])
 
 
 def _retry(args):
-    from .api import RetryPolicy
+    from .retry import RetryPolicy
 
     return RetryPolicy(attempts=args.attempts, initial=args.backoff)
 
@@ -119,7 +122,7 @@ def _transcribe(args) -> int:
 
     paths = [file for path in args.audio for file in (find_audio(path) if path.is_dir() else [path])]
     if not paths:
-        raise ValueError(f"no wav/flac/ogg files in {' '.join(map(str, args.audio))}")
+        raise InvalidInput(f"no wav/flac/ogg files in {' '.join(map(str, args.audio))}")
 
     async def run():
         async with AsyncTranscriptionClient(_urls(args), concurrency=args.concurrency, timeout=args.timeout,
@@ -167,7 +170,7 @@ async def _check_ready(client) -> None:
         except InferenceServerException as e:
             problems.append(f"{endpoint.url}: {e}")
     if len(problems) == len(client.endpoints):
-        raise ValueError("; ".join(problems))
+        raise InvalidInput("; ".join(problems))
     for problem in problems:
         print(f"{PROG}: warning: {problem}", file=sys.stderr)
 
@@ -194,7 +197,7 @@ def _bench(args) -> int:
               f"({p['resumed']} resumed, {p['sent']} sent), {p['failed']} failed"
               + (f"; answered by {answered}" if len(p["requests_by_endpoint"]) > 1 else ""))  # fmt: skip
     if any(p["failed"] for p in report["passes"]):
-        from .bench import PARTIAL_NAME
+        from .resume import PARTIAL_NAME
 
         print(f"some utterances failed: run again with --out {args.out} to resume (done ones are kept in "
               f"{args.out / PARTIAL_NAME})", file=sys.stderr)  # fmt: skip
@@ -203,7 +206,8 @@ def _bench(args) -> int:
 
 
 def _manifest_librivox(args) -> None:
-    from .manifest import LIBRIVOX_DIR, librivox_utterances, write_manifest
+    from ..contract import LIBRIVOX_DIR
+    from .manifest import librivox_utterances, write_manifest
 
     utterances = librivox_utterances(args.dir or LIBRIVOX_DIR)
     print(f"wrote {len(utterances)} utterances to {write_manifest(args.out, utterances)}")

@@ -12,12 +12,14 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..contract import LIBRIVOX_DIR
+from ..errors import InvalidInput
+
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
-LIBRIVOX_DIR = Path("/usr/share/pocketsphinx/test/data/librivox")  # Debian's pocketsphinx-testdata
 REQUIRED_KEYS = ("audio_filepath", "text")
 
 
-class ManifestError(ValueError):
+class ManifestError(InvalidInput):
     """A data set that cannot be used, naming the file (and line) at fault."""
 
 

@@ -45,6 +45,10 @@ class WordErrors:
         """None for an empty reference: no rate exists, but its insertions still count in a corpus."""
         return self.errors / self.reference_words if self.reference_words else None
 
+    def to_json(self) -> dict:
+        return {"errors": self.errors, "substitutions": self.substitutions, "deletions": self.deletions,
+                "insertions": self.insertions, "reference_words": self.reference_words}  # fmt: skip
+
     def __add__(self, other: WordErrors) -> WordErrors:
         return WordErrors(
             self.substitutions + other.substitutions, self.deletions + other.deletions,

@@ -26,6 +26,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from ..client.api import MODEL, AsyncTranscriptionClient, RetryPolicy, Transcription
+from ..errors import InvalidInput
 from .errors import SERVER_ERROR, ApiError, bad_request, from_transcription_failure, too_busy, triton_message
 
 MiB = 2**20
@@ -56,7 +57,7 @@ class Settings:
 
     def __post_init__(self):
         if self.max_in_flight < 1 or self.max_queue < 0 or self.max_file_bytes < 1 or self.timeout <= 0:
-            raise ValueError("max_in_flight and max_file_bytes must be at least 1, max_queue at least 0, timeout > 0")
+            raise InvalidInput("max_in_flight and max_file_bytes must be at least 1, max_queue at least 0, timeout > 0")
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -138,9 +139,10 @@ def create_app(settings: Settings) -> FastAPI:
         audio = await upload.read()
         if len(audio) > settings.max_file_bytes:
             raise _too_large("the file", len(audio), settings.max_file_bytes)
-        prompt = _field(form, "prompt") if settings.prompt_as_instruction else None
+        # OpenAI's `prompt` (Whisper's context text) is sent as the model's instruction only when asked for.
+        instruction = _field(form, "prompt") if settings.prompt_as_instruction else None
         try:
-            result = await request.app.state.client.transcribe(audio, prompt=prompt,
+            result = await request.app.state.client.transcribe(audio, prompt=instruction,
                                                                max_new_tokens=settings.max_new_tokens)  # fmt: skip
         except Exception as e:
             raise from_transcription_failure(e, settings.triton_url, upload.filename) from e

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 from fastapi.responses import JSONResponse
 
-from ..audio import AudioError
-from ..client.api import RetriesExhausted, is_overload, status_of
+from ..client import retry
 
 INVALID_REQUEST = "invalid_request_error"
 SERVER_ERROR = "server_error"
@@ -41,20 +40,19 @@ def triton_message(error: BaseException) -> str:
 
 
 def from_transcription_failure(error: Exception, triton_url: str, filename: str | None) -> ApiError:
-    """What went wrong between the uploaded file and Triton's answer, as the caller should see it."""
-    if isinstance(error, RetriesExhausted):  # the front's sends all failed: the last error tells why
-        error = error.last
-    if isinstance(error, AudioError):
-        return ApiError(415, f"file {filename!r}: {error}; supported: wav, flac, ogg (vorbis/opus) and mp3",
+    """What went wrong between the uploaded file and Triton's answer, as the caller should see it: the
+    client's classification of the failure (`retry.classify`), as an HTTP status."""
+    kind, message = retry.classify(error), triton_message(retry.last_error(error))  # retries: the last one tells why
+    if kind == retry.UNREADABLE:
+        return ApiError(415, f"file {filename!r}: {message}; supported: wav, flac, ogg (vorbis/opus) and mp3",
                         param="file", code="unsupported_audio")  # fmt: skip
-    status, message = status_of(error), triton_message(error)
-    if status == "StatusCode.INVALID_ARGUMENT":  # the audio or options refused by the model (audio_check etc.)
+    if kind == retry.INVALID_INPUT:  # the audio or options refused by the model (audio_check etc.)
         return bad_request(message, param="file", code="invalid_audio")
-    if is_overload(error):
+    if kind == retry.OVERLOADED:
         return too_busy(f"the Triton server is overloaded: {message}")
-    if status == "StatusCode.UNAVAILABLE":
+    if kind == retry.UNAVAILABLE:
         return ApiError(503, f"the Triton server at {triton_url} is unavailable: {message}", type=SERVER_ERROR,
                         code="triton_unavailable")  # fmt: skip
-    if status == "StatusCode.DEADLINE_EXCEEDED":
+    if kind == retry.TIMEOUT:
         return ApiError(504, f"Triton did not answer in time: {message}", type=SERVER_ERROR, code="timeout")
     return ApiError(500, f"transcription failed: {message}", type=SERVER_ERROR)
