@@ -261,6 +261,25 @@ def test_an_onnx_runtime_failure_is_an_error_response_per_request(serving):
     assert "outside the vocabulary" in responses[1].error
 
 
+def test_the_cpu_decoder_holds_every_request_to_the_builds_budgets(serving):
+    """Called directly (not through the adapter), the CPU decoder still refuses what the GPU engine could not
+    hold, by name, so no request grows the KV cache past the build's max_seq_len; sampling is greedy only."""
+    decoder = serving.decoder.TritonPythonModel()
+    decoder.decoder, decoder.budgets = _Failing(), Budgets()
+    ok = {"input_ids": np.array([[1, 2, 3]], np.int32), "input_lengths": np.array([3], np.int32),
+          "request_output_len": np.array([4], np.int32), "end_id": np.array([5], np.int32)}  # fmt: skip
+    cases = {
+        "request_output_len 129 is over this build's max_new_tokens 128": {"request_output_len": np.array([129], np.int32)},
+        "input_lengths 564 is over this build's max_input_len 563": {"input_ids": np.ones((1, 564), np.int32),
+                                                                    "input_lengths": np.array([564], np.int32)},
+        "runtime_top_k 2: the CPU decoder decodes greedily": {"runtime_top_k": np.array([2], np.int32)},
+    }  # fmt: skip
+    responses = decoder.execute([{**ok, **change} for change in cases.values()])
+    assert [r.error for r in responses] == [r.error for r in responses if r.error.code == "INVALID_ARG"]
+    for message, response in zip(cases, responses):
+        assert message in response.error
+
+
 def test_guarded_answers_every_request(serving):
     guarded = serving.triton.guarded
 
