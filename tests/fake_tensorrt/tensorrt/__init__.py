@@ -20,6 +20,8 @@ import os
 import sys
 import types
 
+from canary_trt.export.tensorrt import DATA_TYPES, LAYER_TYPES
+
 __version__ = "10.14.1.48.post1"  # the version the recorded names were checked against
 
 _RECORD = set()
@@ -77,18 +79,11 @@ def _enum(name, members):
     return cls
 
 
-# Member names as in the 10.14 bindings (python/src/infer/*.cpp, python/src/parsers/pyOnnx.cpp @3b4ddc1d).
-DataType = _enum("DataType", ["FLOAT", "HALF", "BF16", "INT8", "INT32", "INT64", "BOOL", "UINT8", "FP8", "INT4",
-                              "FP4", "E8M0"])  # fmt: skip
+# Member names as in the 10.14 bindings (python/src/infer/*.cpp, python/src/parsers/pyOnnx.cpp @3b4ddc1d); the two
+# long enums are the code's own lists, which tests/test_tensorrt_engine.py holds against the recorded bindings.
+DataType = _enum("DataType", DATA_TYPES)
 float32, float16, bfloat16 = (type.__getattribute__(DataType, n) for n in ("FLOAT", "HALF", "BF16"))
-LayerType = _enum("LayerType", [
-    "CONVOLUTION", "GRID_SAMPLE", "NMS", "ACTIVATION", "POOLING", "LRN", "SCALE", "SOFTMAX", "DECONVOLUTION",
-    "CONCATENATION", "ELEMENTWISE", "PLUGIN", "UNARY", "PADDING", "SHUFFLE", "REDUCE", "TOPK", "GATHER",
-    "MATRIX_MULTIPLY", "RAGGED_SOFTMAX", "CONSTANT", "IDENTITY", "CAST", "PLUGIN_V2", "SLICE", "SHAPE",
-    "PARAMETRIC_RELU", "RESIZE", "TRIP_LIMIT", "RECURRENCE", "ITERATOR", "LOOP_OUTPUT", "SELECT", "ASSERTION",
-    "FILL", "QUANTIZE", "DEQUANTIZE", "CONDITION", "CONDITIONAL_INPUT", "CONDITIONAL_OUTPUT", "SCATTER", "EINSUM",
-    "ONE_HOT", "NON_ZERO", "REVERSE_SEQUENCE", "NORMALIZATION", "PLUGIN_V3", "SQUEEZE", "UNSQUEEZE", "CUMULATIVE",
-    "DYNAMIC_QUANTIZE", "ATTENTION_INPUT", "ATTENTION_OUTPUT"])  # fmt: skip
+LayerType = _enum("LayerType", LAYER_TYPES)
 BuilderFlag = _enum("BuilderFlag", ["FP16", "BF16", "INT8", "TF32", "OBEY_PRECISION_CONSTRAINTS",
                                     "PREFER_PRECISION_CONSTRAINTS", "REFIT"])  # fmt: skip
 MemoryPoolType = _enum("MemoryPoolType", ["WORKSPACE", "TACTIC_SHARED_MEMORY"])
