@@ -25,6 +25,11 @@ MAX_PROMPT_TOKENS = 64  # room for a longer instruction than the default
 MAX_NEW_TOKENS = 128  # the model card's and the leaderboard's generation budget
 MAX_PROMPT_BYTES = 2000  # checked before tokenizing: a cheap bound on what the tokenizer is handed
 
+# The public interface in both flavours: the ensemble and its tensors (the encoder's audio inputs share the names).
+ENSEMBLE = "canary_qwen"
+INPUT_WAV, INPUT_WAV_LENS, INPUT_PROMPT, INPUT_MAX_NEW_TOKENS = "WAV", "WAV_LENS", "PROMPT", "MAX_NEW_TOKENS"
+OUTPUT_TRANSCRIPT, OUTPUT_TOKEN_IDS = "TRANSCRIPT", "TOKEN_IDS"
+
 # The build folder (BUILD/...): written by `canary-trt export`, read by the runtimes and the python models.
 EXPORT_INFO = "export.json"
 ENCODER_ONNX = "encoder.onnx"

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .contract import INPUT_WAV, INPUT_WAV_LENS
+
 if TYPE_CHECKING:
     import onnxruntime as ort
 
@@ -17,5 +19,5 @@ def encode(session: ort.InferenceSession, waveforms: list[np.ndarray]) -> list[n
     batch = np.zeros((len(waveforms), lengths.max()), dtype=np.float32)
     for i, w in enumerate(waveforms):
         batch[i, : len(w)] = w
-    embeddings, rows = session.run(None, {"WAV": batch, "WAV_LENS": lengths})
+    embeddings, rows = session.run(None, {INPUT_WAV: batch, INPUT_WAV_LENS: lengths})
     return [e[:n] for e, n in zip(embeddings, rows)]

@@ -13,16 +13,20 @@ from __future__ import annotations
 
 import numpy as np
 
-MODEL = "canary_qwen"
+from ..contract import (ENSEMBLE, INPUT_MAX_NEW_TOKENS, INPUT_PROMPT, INPUT_WAV, INPUT_WAV_LENS, OUTPUT_TOKEN_IDS,
+                        OUTPUT_TRANSCRIPT)
+
+MODEL = ENSEMBLE
 
 
 def request_inputs(module, samples: np.ndarray, prompt: str | None, max_new_tokens: int | None) -> list:
     """The request's tritonclient `InferInput`s; `module`: tritonclient.grpc or tritonclient.grpc.aio."""
-    tensors = [("WAV", samples[None], "FP32"), ("WAV_LENS", np.array([[len(samples)]], dtype=np.int32), "INT32")]
+    tensors = [(INPUT_WAV, samples[None], "FP32"),
+               (INPUT_WAV_LENS, np.array([[len(samples)]], dtype=np.int32), "INT32")]
     if prompt is not None:
-        tensors.append(("PROMPT", np.array([[prompt.encode("utf-8")]], dtype=object), "BYTES"))
+        tensors.append((INPUT_PROMPT, np.array([[prompt.encode("utf-8")]], dtype=object), "BYTES"))
     if max_new_tokens is not None:
-        tensors.append(("MAX_NEW_TOKENS", np.array([[max_new_tokens]], dtype=np.int32), "INT32"))
+        tensors.append((INPUT_MAX_NEW_TOKENS, np.array([[max_new_tokens]], dtype=np.int32), "INT32"))
     inputs = []
     for name, value, dtype in tensors:
         tensor = module.InferInput(name, list(value.shape), dtype)
@@ -33,6 +37,6 @@ def request_inputs(module, samples: np.ndarray, prompt: str | None, max_new_toke
 
 def read_response(response) -> tuple[str, list[int]]:
     """(transcript, token ids) of an `InferResult`."""
-    text = response.as_numpy("TRANSCRIPT").reshape(-1)[0]
+    text = response.as_numpy(OUTPUT_TRANSCRIPT).reshape(-1)[0]
     text = text.decode("utf-8") if isinstance(text, bytes) else str(text)
-    return text, response.as_numpy("TOKEN_IDS").reshape(-1).tolist()
+    return text, response.as_numpy(OUTPUT_TOKEN_IDS).reshape(-1).tolist()

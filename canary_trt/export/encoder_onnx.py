@@ -13,11 +13,11 @@ import torch
 from torch import nn
 
 from ..checkpoint import PERCEPTION, Checkpoint, perception_weights
-from ..contract import ENCODER_ONNX
+from ..contract import ENCODER_ONNX, INPUT_WAV, INPUT_WAV_LENS
 from ..frontend import LogMelFrontend
 from .onnx_files import onnx_file
 
-INPUTS = ("WAV", "WAV_LENS")
+INPUTS = (INPUT_WAV, INPUT_WAV_LENS)
 OUTPUTS = ("audio_embeddings", "audio_lengths")
 OPSET = 17  # LayerNormalization as one op, which TensorRT keeps in FP32 by name
 
@@ -50,11 +50,12 @@ def export_encoder_onnx(checkpoint: Checkpoint, out_dir: Path) -> Path:
     graph = EncoderGraph(checkpoint, checkpoint.read_weights((PERCEPTION,)))
     # Two clips of different lengths, so no length-dependent branch is traced as a constant.
     example = (torch.randn(2, 32000) * 0.1, torch.tensor([32000, 20000], dtype=torch.int32))
-    with typecheck.disable_checks(), torch.no_grad(), onnx_file(out_dir / ENCODER_ONNX) as scratch:  # checks do not trace
+    # NeMo's type checks do not trace
+    with typecheck.disable_checks(), torch.no_grad(), onnx_file(out_dir / ENCODER_ONNX) as scratch:
         torch.onnx.export(
             graph, example, str(scratch), dynamo=False, opset_version=OPSET,
             input_names=list(INPUTS), output_names=list(OUTPUTS),
-            dynamic_axes={"WAV": {0: "batch", 1: "samples"}, "WAV_LENS": {0: "batch"},
+            dynamic_axes={INPUT_WAV: {0: "batch", 1: "samples"}, INPUT_WAV_LENS: {0: "batch"},
                           "audio_embeddings": {0: "batch", 1: "frames"}, "audio_lengths": {0: "batch"}},
         )  # fmt: skip
     return out_dir / ENCODER_ONNX

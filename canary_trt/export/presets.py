@@ -11,7 +11,8 @@ import importlib.util
 import shutil
 from dataclasses import dataclass
 
-from ..contract import MAX_AUDIO_SECONDS, MAX_NEW_TOKENS, MAX_PROMPT_TOKENS, MIN_AUDIO_SECONDS, SAMPLE_RATE, Budgets
+from ..contract import (INPUT_WAV, INPUT_WAV_LENS, MAX_AUDIO_SECONDS, MAX_NEW_TOKENS, MAX_PROMPT_TOKENS, MIN_AUDIO_SECONDS,
+                        SAMPLE_RATE, Budgets)
 from ..errors import InvalidInput, MissingFile
 
 # The pinned stack (docs/GPU.md#pins): the last TensorRT-LLM line with the engine flow (trtllm-build and the
@@ -105,7 +106,7 @@ class Preset:
         """(min, opt, max) shape per encoder input; WAV in samples."""
         batches = (1, self.opt_batch, self.encoder_max_batch)
         samples = (round(MIN_AUDIO_SECONDS * SAMPLE_RATE), round(self.opt_seconds * SAMPLE_RATE), self.max_samples)
-        return {"WAV": tuple(zip(batches, samples)), "WAV_LENS": tuple((b,) for b in batches)}
+        return {INPUT_WAV: tuple(zip(batches, samples)), INPUT_WAV_LENS: tuple((b,) for b in batches)}
 
 
 # Sizing. Fixed costs: LLM engine 4.1 GB (FP16, untied head), encoder engine 1.6 GB, encoder activations

@@ -22,6 +22,8 @@ import numpy as np
 from .references import References, TokenReference
 from .triton_http import Output, TritonHttp, TritonHttpError
 
+from ..contract import ENSEMBLE, INPUT_MAX_NEW_TOKENS, INPUT_WAV, INPUT_WAV_LENS, OUTPUT_TOKEN_IDS, OUTPUT_TRANSCRIPT
+
 ENCODER_MIN_COSINE = 0.999
 ENCODER_MIN_ROW_COSINE = 0.99
 ENCODER_MAX_ABS_FRACTION = 0.05
@@ -66,8 +68,8 @@ def encoder_checks(client: TritonHttp, references: References) -> list[Check]:
 
 def _encoder_check(client: TritonHttp, name: str, wav: np.ndarray, length: int, expected: np.ndarray) -> Check:
     try:
-        out = client.infer("encoder", {"WAV": wav[None].astype(np.float32), "WAV_LENS": np.array([[length]], np.int32)},
-                           [Output("audio_embeddings"), Output("audio_lengths")])  # fmt: skip
+        inputs = {INPUT_WAV: wav[None].astype(np.float32), INPUT_WAV_LENS: np.array([[length]], np.int32)}
+        out = client.infer("encoder", inputs, [Output("audio_embeddings"), Output("audio_lengths")])
     except TritonHttpError as e:
         return Check(name, False, "no answer", f"request failed: {e}")
     rows = int(out["audio_lengths"].reshape(-1)[0])
@@ -134,13 +136,13 @@ def token_checks(client: TritonHttp, references: References, policy: TokenPolicy
 def _token_check(client: TritonHttp, references: References, ref: TokenReference, policy: TokenPolicy) -> Check:
     name = f"canary_qwen {ref.name}"
     wav = references.load(ref.audio)
-    inputs = {"WAV": wav[None].astype(np.float32), "WAV_LENS": np.array([[len(wav)]], np.int32),
-              "MAX_NEW_TOKENS": np.array([[references.max_new_tokens]], np.int32)}  # fmt: skip
+    inputs = {INPUT_WAV: wav[None].astype(np.float32), INPUT_WAV_LENS: np.array([[len(wav)]], np.int32),
+              INPUT_MAX_NEW_TOKENS: np.array([[references.max_new_tokens]], np.int32)}  # fmt: skip
     try:
-        out = client.infer("canary_qwen", inputs, [Output("TOKEN_IDS"), Output("TRANSCRIPT", binary=False)])
+        out = client.infer(ENSEMBLE, inputs, [Output(OUTPUT_TOKEN_IDS), Output(OUTPUT_TRANSCRIPT, binary=False)])
     except TritonHttpError as e:
         return Check(name, False, "no answer", f"request failed: {e}")
-    return compare_tokens(name, out["TOKEN_IDS"].reshape(-1).tolist(), ref, policy)
+    return compare_tokens(name, out[OUTPUT_TOKEN_IDS].reshape(-1).tolist(), ref, policy)
 
 
 def compare_tokens(name: str, got: list[int], ref: TokenReference, policy: TokenPolicy) -> Check:

@@ -13,7 +13,7 @@ import functools
 
 import numpy as np
 
-from ..contract import MAX_PROMPT_BYTES, Budgets
+from ..contract import INPUT_MAX_NEW_TOKENS, INPUT_PROMPT, MAX_PROMPT_BYTES, Budgets
 from ..decoding import splice_fake_ids
 from ..tokenizer import DEFAULT_INSTRUCTION, asr_prompt_ids, eos_id, load_tokenizer, pad_id, placeholder_id
 from .triton import BadRequest, build_manifest, guarded, per_request, tensor
@@ -45,7 +45,7 @@ class TritonPythonModel:
 
     def handle(self, request) -> dict[str, np.ndarray]:
         embeddings, lengths = tensor(request, "audio_embeddings"), tensor(request, "audio_lengths")[:, 0]
-        prompts, max_new = tensor(request, "PROMPT", required=False), tensor(request, "MAX_NEW_TOKENS", required=False)
+        prompts, max_new = tensor(request, INPUT_PROMPT, required=False), tensor(request, INPUT_MAX_NEW_TOKENS, required=False)
         if lengths.max() > self.budgets.audio_rows:
             raise BadRequest(f"audio too long: {lengths.max()} audio embeddings; this build's audio_rows is "
                              f"{self.budgets.audio_rows} ({self.budgets.max_audio_seconds:g} s)")  # fmt: skip

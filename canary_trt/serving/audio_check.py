@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..contract import MAX_AUDIO_SECONDS, MIN_AUDIO_SECONDS, MIN_SAMPLES, SAMPLE_RATE, bucket_length
+from ..contract import (INPUT_WAV, INPUT_WAV_LENS, MAX_AUDIO_SECONDS, MIN_AUDIO_SECONDS, MIN_SAMPLES, SAMPLE_RATE,
+                        bucket_length)
 from .triton import BadRequest, guarded, parameters, per_request, tensor
 
 
@@ -57,7 +58,7 @@ class TritonPythonModel:
         return guarded("audio_check", requests, lambda batch: per_request(batch, self.handle, "audio_check"))
 
     def handle(self, request) -> dict[str, np.ndarray]:
-        wav, wav_lens = tensor(request, "WAV"), tensor(request, "WAV_LENS")
+        wav, wav_lens = tensor(request, INPUT_WAV), tensor(request, INPUT_WAV_LENS)
         check_clips(wav, wav_lens, self.max_seconds)
         padded = bucket_length(wav.shape[1], self.bucket_samples, self.max_samples)
         if padded > wav.shape[1]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..contract import OUTPUT_TOKEN_IDS, OUTPUT_TRANSCRIPT
 from ..tokenizer import decode, eos_id, load_tokenizer, pad_id
 from .triton import build_manifest, guarded, per_request, tensor
 
@@ -29,4 +30,4 @@ class TritonPythonModel:
             token_ids[i, : len(ids)] = ids
         if not any(sequences):
             token_ids = token_ids[:, :0]
-        return {"TRANSCRIPT": texts, "TOKEN_IDS": token_ids}
+        return {OUTPUT_TRANSCRIPT: texts, OUTPUT_TOKEN_IDS: token_ids}

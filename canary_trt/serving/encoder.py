@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
+from ..contract import INPUT_WAV, INPUT_WAV_LENS
 from ..encoding import encode
 from .audio_check import check_clips, max_seconds
 from .triton import batched, build_manifest, guarded, parameters, tensor
@@ -30,7 +31,7 @@ class TritonPythonModel:
         return guarded("encoder", requests, lambda batch: batched("encoder", batch, self.parse, self.run, _pack))
 
     def parse(self, request) -> list[np.ndarray]:
-        return check_clips(tensor(request, "WAV"), tensor(request, "WAV_LENS"), self.max_seconds)
+        return check_clips(tensor(request, INPUT_WAV), tensor(request, INPUT_WAV_LENS), self.max_seconds)
 
     def run(self, clips: list[np.ndarray]) -> list[np.ndarray]:
         return encode(self.session, clips)
