@@ -292,7 +292,7 @@ def test_guarded_answers_every_request(serving):
 
 
 def test_gpu_flavour_python_models_need_no_onnxruntime(serving, monkeypatch):
-    """The GPU image adds this package to the NGC container without onnxruntime (deploy/Dockerfile.gpu)."""
+    """The ensemble's python models import no onnxruntime (the GPU image adds it only for the long-form VAD)."""
     import importlib
     import sys
 

@@ -36,7 +36,7 @@ LOCK = ROOT / ".venv-gpu-models.lock"
 PINS = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["optional-dependencies"]["gpu-container"]
 GPU_MODELS = ("audio_check", "adapter", "detokenizer")
 TWINS = ("adapter", "detokenizer")  # also served from the main venv, for comparison
-SERVING_MODULES = ("audio_check", "adapter", "detokenizer", "encoder", "decoder")
+SERVING_MODULES = ("audio_check", "adapter", "detokenizer", "encoder", "decoder", "long_form")
 HEAVY = ("torch", "transformers")
 
 PROBE = '''

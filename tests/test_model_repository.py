@@ -7,7 +7,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from canary_trt.export.build import export
 
-MODELS = {"audio_check", "encoder", "adapter", "decoder", "detokenizer", "canary_qwen"}
+MODELS = {"audio_check", "encoder", "adapter", "decoder", "detokenizer", "canary_qwen", "canary_qwen_long"}
 PUBLIC_INPUTS = {"WAV": (mc.TYPE_FP32, [-1]), "WAV_LENS": (mc.TYPE_INT32, [1]),
                  "PROMPT": (mc.TYPE_STRING, [1]), "MAX_NEW_TOKENS": (mc.TYPE_INT32, [1])}  # fmt: skip
 PUBLIC_OUTPUTS = {"TRANSCRIPT": (mc.TYPE_STRING, [1]), "TOKEN_IDS": (mc.TYPE_INT32, [-1])}

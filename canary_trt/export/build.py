@@ -43,7 +43,7 @@ GPU_PRECISION = {  # --precision -> preset fields
 }
 DEFAULT_PRESET = "h100"
 STAGES = ("all", "prepare", "engines")
-MODELS = ("audio_check", "encoder", "adapter", "decoder", "detokenizer", "canary_qwen")
+MODELS = ("audio_check", "encoder", "adapter", "decoder", "detokenizer", "canary_qwen", "canary_qwen_long")
 
 
 @dataclass

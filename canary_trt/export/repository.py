@@ -11,6 +11,7 @@ from importlib import resources
 from pathlib import Path
 
 from ..contract import CLIPS_PER_REQUEST, MODEL_REPOSITORY, Budgets
+from ..longform import served_options
 
 LAYERS = {"cpu": ("common", "cpu"), "gpu": ("common", "gpu")}
 # Pieces shared by several templates, each filled in as one ${name} (decoder_io: the decoder's tensors in both
@@ -37,6 +38,9 @@ GPU_DECODER_CUDA_GRAPH_CACHE_SIZE = 64
 # most 2 s of compute per clip (1 s on average, ~10% on LibriSpeech-length clips) and give 20 shapes up to
 # 40 s, so a few hundred requests in flight meet in batches. CPU: the python encoder pads each batch itself.
 BUCKET_SECONDS = {"cpu": 0.0, "gpu": 2.0}
+# canary_qwen_long: longer recordings are refused before any VAD work. Two hours: 16 kHz float32 is 230 MB
+# per hour, held in the request tensor in /dev/shm (docs/SERVING.md, "Long recordings").
+MAX_LONG_AUDIO_SECONDS = 7200
 
 
 def templates() -> Path:
@@ -47,13 +51,17 @@ def values_for(manifest: dict, build: Path, overrides: dict | None = None) -> di
     """Every placeholder's value, from the build manifest; `overrides` replace any of them (e.g. a tiny
     max_queue_size for an overload test)."""
     flavour = manifest["target"]
+    budgets = Budgets.from_manifest(manifest)
     values = {
         "build_dir": str(build.resolve()),
         "hidden_size": manifest["hidden_size"],
         "queue_delay_us": QUEUE_DELAY_US[flavour],
         "max_queue_size": MAX_QUEUE_SIZE[flavour],
         "queue_timeout_us": QUEUE_TIMEOUT_US[flavour],
-        "max_audio_seconds": Budgets.from_manifest(manifest).max_audio_seconds,
+        "max_audio_seconds": budgets.max_audio_seconds,
+        "max_long_audio_seconds": MAX_LONG_AUDIO_SECONDS,
+        "segmenter_options": "\n".join(f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}' for key, value
+                                       in served_options.to_parameters(served_options.for_build(budgets)).items()),
         "clips_per_request": CLIPS_PER_REQUEST,
         "bucket_seconds": BUCKET_SECONDS[flavour],
         # CPU: the python stub runs this venv's packages. GPU: the container's own Python (install the

@@ -51,7 +51,7 @@ class TritonPythonModel:
                              f"{self.budgets.audio_rows} ({self.budgets.max_audio_seconds:g} s)")  # fmt: skip
         ids = []
         for i in range(len(lengths)):
-            instruction = DEFAULT_INSTRUCTION if prompts is None else _text(prompts[i, 0])
+            instruction = DEFAULT_INSTRUCTION if prompts is None else instruction_text(prompts[i, 0])
             ids.append(splice_fake_ids(self.prompt_ids(instruction), self.placeholder_id, int(lengths[i]), self.vocab_size))
         budget = self.budgets.max_new_tokens
         new_tokens = np.full(len(ids), budget, dtype=np.int32) if max_new is None else max_new[:, 0]
@@ -75,7 +75,7 @@ class TritonPythonModel:
         }
 
 
-def _text(value) -> str:
+def instruction_text(value) -> str:
     """The request's instruction: plain text only (never a path: nothing is opened from it)."""
     raw = value if isinstance(value, bytes) else str(value).encode()
     if len(raw) > MAX_PROMPT_BYTES:

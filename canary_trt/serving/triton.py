@@ -7,6 +7,7 @@ never an exception escaping `execute` (the python backend would then fail the wh
 
 from __future__ import annotations
 
+import asyncio
 import json
 import traceback
 from pathlib import Path
@@ -82,6 +83,20 @@ def per_request(requests, handle, model: str) -> list:
     return responses
 
 
+async def per_request_async(requests, handle, model: str) -> list:
+    """per_request for an `async def execute`: handle(request) is awaited for every request at once."""
+    outcomes = await asyncio.gather(*(handle(request) for request in requests), return_exceptions=True)
+    return per_request(outcomes, _unwrap, model)
+
+
+def _unwrap(outcome):
+    if isinstance(outcome, Exception):
+        raise outcome
+    if isinstance(outcome, BaseException):  # a cancelled coroutine: still that request's own error response
+        raise RuntimeError(f"{type(outcome).__name__}: {outcome}") from outcome
+    return outcome
+
+
 def batched(model: str, requests, parse, run, pack) -> list:
     """The dynamic batch as one run: parse(request) -> that request's items (BadRequest, or any failure,
     answers that request alone), run(all items) -> one result per item (a failure answers every request
@@ -124,3 +139,12 @@ def guarded(model: str, requests, execute) -> list:
         log_error(f"{model}: {len(responses)} responses for {len(requests)} requests")
         responses = (responses + [None] * len(requests))[: len(requests)]
     return [r if r is not None else error(f"{model}: internal error: request left unanswered") for r in responses]
+
+
+async def guarded_async(model: str, requests, execute) -> list:
+    """guarded for an `async def execute`: the coroutine execute(requests) is awaited, then checked alike."""
+    try:
+        responses = await execute(requests)
+    except Exception as e:
+        return internal_error(model, e, len(requests))
+    return guarded(model, requests, lambda batch: responses)
