@@ -27,8 +27,13 @@ MAX_PROMPT_BYTES = 2000  # checked before tokenizing: a cheap bound on what the 
 
 # The public interface in both flavours: the ensemble and its tensors (the encoder's audio inputs share the names).
 ENSEMBLE = "canary_qwen"
+LONG_FORM_MODEL = "canary_qwen_long"  # long recordings through the ensemble (serving/long_form.py)
 INPUT_WAV, INPUT_WAV_LENS, INPUT_PROMPT, INPUT_MAX_NEW_TOKENS = "WAV", "WAV_LENS", "PROMPT", "MAX_NEW_TOKENS"
 OUTPUT_TRANSCRIPT, OUTPUT_TOKEN_IDS = "TRANSCRIPT", "TOKEN_IDS"
+# LONG_FORM_MODEL's outputs besides TRANSCRIPT, one entry per segment (the token ids concatenated; COUNTS splits them)
+OUTPUT_SEGMENT_START_MS, OUTPUT_SEGMENT_END_MS = "SEGMENT_START_MS", "SEGMENT_END_MS"
+OUTPUT_SEGMENT_TEXT, OUTPUT_SEGMENT_TRUNCATED = "SEGMENT_TEXT", "SEGMENT_TRUNCATED"
+OUTPUT_SEGMENT_TOKEN_IDS, OUTPUT_SEGMENT_TOKEN_COUNTS = "SEGMENT_TOKEN_IDS", "SEGMENT_TOKEN_COUNTS"
 
 # The build folder (BUILD/...): written by `canary-trt export`, read by the runtimes and the python models.
 EXPORT_INFO = "export.json"

@@ -1,7 +1,8 @@
 """The gRPC client side of canary-trt. Installs with `pip install .[client]` and never imports torch.
 
     api.py        TranscriptionClient and AsyncTranscriptionClient
-    tensors.py    a request as the ensemble's tensors, and its answer back
+    tensors.py    a request as the ensemble's (or canary_qwen_long's) tensors, and its answer back (Segment)
+    subtitles.py  transcriptions as SRT and WebVTT (`transcribe --format srt|vtt`)
     retry.py      RetryPolicy, and what kind of failure an error is (`classify`)
     endpoints.py  several replicas: DNS, the endpoint pool, where each send goes
     bench.py      `canary-trt-client bench`: the passes; results.py (rows, a pass's numbers), resume.py
@@ -9,6 +10,7 @@
     cli.py        `canary-trt-client`; manifest.py: evaluation sets
 """
 
-from .api import AsyncTranscriptionClient, RetriesExhausted, RetryPolicy, Transcription, TranscriptionClient
+from .api import AsyncTranscriptionClient, RetriesExhausted, RetryPolicy, Segment, Transcription, TranscriptionClient
 
-__all__ = ["AsyncTranscriptionClient", "RetriesExhausted", "RetryPolicy", "Transcription", "TranscriptionClient"]
+__all__ = ["AsyncTranscriptionClient", "RetriesExhausted", "RetryPolicy", "Segment", "Transcription",
+           "TranscriptionClient"]

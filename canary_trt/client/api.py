@@ -9,6 +9,13 @@ channel count (downmixed, resampled to 16 kHz on the client). One request per cl
 concurrent requests. `AsyncTranscriptionClient` runs many at once with bounded concurrency.
 `prompt=`: the instruction, sent as the PROMPT tensor (`tensors.py`); `max_new_tokens=`: the generation
 limit; None for either: the server's default.
+
+Long recordings: audio longer than `contract.MAX_AUDIO_SECONDS` (40 s), or any audio with `long_form=True`,
+goes to `canary_qwen_long` (docs/SERVING.md#long-recordings), which cuts it at pauses and transcribes each
+segment through the ensemble; `long_form=False` always sends it to the ensemble (which refuses over 40 s).
+`max_new_tokens` is for the ensemble only (the long model sets each segment's budget from its length).
+Every `Transcription` has `segments`: the long model's, or for a clip sent to the ensemble one segment over
+the whole clip ([0, its length in whole ms], as the long model answers for such a clip).
 Both expose the underlying tritonclient `InferenceServerClient` as `.triton` (metadata, statistics), and
 every endpoint's as `.endpoints[i].triton` when there are several (`.triton`: the first one's).
 
@@ -23,18 +30,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..audio import duration, load_audio
+from ..contract import MAX_AUDIO_SECONDS, SAMPLE_RATE
 from ..errors import InvalidInput
 from .endpoints import AsyncEndpointPool, Dispatch, Endpoint, EndpointPool
 from .retry import RetriesExhausted, RetryPolicy
-from .tensors import MODEL, read_response, request_inputs
+from .tensors import LONG_MODEL, MODEL, Segment, read_long_response, read_response, request_inputs, whole_clip_segment
 
-__all__ = ["DEFAULT_URL", "MODEL", "AsyncTranscriptionClient", "RetriesExhausted", "RetryPolicy", "Transcription",
-           "TranscriptionClient"]  # fmt: skip
+__all__ = ["DEFAULT_URL", "LONG_MODEL", "MODEL", "AsyncTranscriptionClient", "RetriesExhausted", "RetryPolicy",
+           "Segment", "Transcription", "TranscriptionClient"]  # fmt: skip
 
 DEFAULT_URL = "127.0.0.1:8001"
 
@@ -46,19 +54,35 @@ class Transcription:
     audio_seconds: float
     latency_seconds: float  # request sent -> response received
     endpoint: str | None = None  # the server that answered, host:port
+    segments: list[Segment] = field(default_factory=list)  # in order; token_ids is theirs concatenated
 
 
-def _transcription(response, samples: np.ndarray, start: float, endpoint: str) -> Transcription:
-    text, token_ids = read_response(response)
-    return Transcription(text, token_ids, duration(samples), time.perf_counter() - start, endpoint)
+def _is_long(samples: np.ndarray, long_form: bool | None, max_new_tokens: int | None) -> bool:
+    """Whether the clip goes to the long-form model (module doc); refuses max_new_tokens for it."""
+    long = samples.size > MAX_AUDIO_SECONDS * SAMPLE_RATE if long_form is None else bool(long_form)
+    if long and max_new_tokens is not None:
+        raise InvalidInput(f"max_new_tokens is not taken by {LONG_MODEL} (audio over {MAX_AUDIO_SECONDS:g} s or "
+                           "long_form=True): it sets each segment's budget from the segment's length")  # fmt: skip
+    return long
+
+
+def _transcription(response, samples: np.ndarray, start: float, endpoint: str, long: bool,
+                   max_new_tokens: int | None) -> Transcription:  # fmt: skip
+    latency = time.perf_counter() - start
+    if long:
+        text, token_ids, segments = read_long_response(response)
+    else:
+        text, token_ids = read_response(response)
+        segments = [whole_clip_segment(samples.size, text, token_ids, max_new_tokens)]
+    return Transcription(text, token_ids, duration(samples), latency, endpoint, segments)
 
 
 class TranscriptionClient:
     def __init__(self, url: str | list[str] = DEFAULT_URL, model: str = MODEL, timeout: float | None = None,
-                 retry: RetryPolicy | None = None):  # fmt: skip
+                 retry: RetryPolicy | None = None, long_model: str = LONG_MODEL):  # fmt: skip
         import tritonclient.grpc as grpcclient
 
-        self._module, self.model, self.timeout = grpcclient, model, timeout
+        self._module, self.model, self.long_model, self.timeout = grpcclient, model, long_model, timeout
         self.retry = retry or RetryPolicy()
         self.pool = EndpointPool(url, grpcclient.InferenceServerClient, self.retry)
 
@@ -72,16 +96,18 @@ class TranscriptionClient:
         return self.pool.endpoints
 
     def transcribe(self, audio, sample_rate: int | None = None, prompt: str | None = None,
-                   max_new_tokens: int | None = None) -> Transcription:  # fmt: skip
+                   max_new_tokens: int | None = None, long_form: bool | None = None) -> Transcription:  # fmt: skip
         samples = load_audio(audio, sample_rate)
+        long = _is_long(samples, long_form, max_new_tokens)
+        model = self.long_model if long else self.model
         dispatch = Dispatch(self.pool)
         while True:
             start = time.perf_counter()
             try:
                 with dispatch.attempt() as endpoint:
                     inputs = request_inputs(self._module, samples, prompt, max_new_tokens)
-                    response = endpoint.triton.infer(self.model, inputs, client_timeout=self.timeout)
-                return _transcription(response, samples, start, endpoint.url)
+                    response = endpoint.triton.infer(model, inputs, client_timeout=self.timeout)
+                return _transcription(response, samples, start, endpoint.url, long, max_new_tokens)
             except Exception as e:
                 time.sleep(dispatch.pause(e))
 
@@ -108,12 +134,13 @@ class AsyncTranscriptionClient:
     """
 
     def __init__(self, url: str | list[str] = DEFAULT_URL, model: str = MODEL, concurrency: int = 8,
-                 timeout: float | None = None, retry: RetryPolicy | None = None):  # fmt: skip
+                 timeout: float | None = None, retry: RetryPolicy | None = None,
+                 long_model: str = LONG_MODEL):  # fmt: skip
         import tritonclient.grpc.aio as grpcclient
 
         if concurrency < 1:
             raise InvalidInput("concurrency must be at least 1")
-        self._module, self.model, self.timeout = grpcclient, model, timeout
+        self._module, self.model, self.long_model, self.timeout = grpcclient, model, long_model, timeout
         self.retry = retry or RetryPolicy()
         self.pool = AsyncEndpointPool(url, grpcclient.InferenceServerClient, self.retry)
         self._slots = asyncio.Semaphore(concurrency)
@@ -122,19 +149,21 @@ class AsyncTranscriptionClient:
     endpoints = TranscriptionClient.endpoints
 
     async def transcribe(self, audio, sample_rate: int | None = None, prompt: str | None = None,
-                         max_new_tokens: int | None = None) -> Transcription:  # fmt: skip
+                         max_new_tokens: int | None = None, long_form: bool | None = None) -> Transcription:  # fmt: skip
         samples = None
         dispatch = Dispatch(self.pool)
         while True:
             async with self._slots:
                 if samples is None:
                     samples = await asyncio.to_thread(load_audio, audio, sample_rate)
+                    long = _is_long(samples, long_form, max_new_tokens)
+                    model = self.long_model if long else self.model
                 start = time.perf_counter()
                 try:
                     with dispatch.attempt() as endpoint:
                         inputs = request_inputs(self._module, samples, prompt, max_new_tokens)
-                        response = await endpoint.triton.infer(self.model, inputs, client_timeout=self.timeout)
-                    return _transcription(response, samples, start, endpoint.url)
+                        response = await endpoint.triton.infer(model, inputs, client_timeout=self.timeout)
+                    return _transcription(response, samples, start, endpoint.url, long, max_new_tokens)
                 except Exception as e:
                     pause = dispatch.pause(e)
             await asyncio.sleep(pause)  # outside the slot; 0: another endpoint takes it at once

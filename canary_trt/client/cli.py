@@ -7,9 +7,13 @@ import asyncio
 import json
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
+from ..contract import MAX_AUDIO_SECONDS
 from ..errors import CanaryError, InvalidInput
+
+FORMATS = ("text", "json", "srt", "vtt")
 
 PROG = "canary-trt-client"
 EXIT_CODES = "exit status: 0 every clip transcribed; 1 some clips failed (each one named); 2 a usage or setup error"
@@ -24,7 +28,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="wav/flac/ogg files, or folders: every such file inside, sorted")  # fmt: skip
     _add_server_options(tr)
     tr.add_argument("--concurrency", type=_positive, default=8, help="requests in flight at once (default 8)")
-    tr.add_argument("--json", action="store_true", help="print a JSON list, one object per input")
+    tr.add_argument("--format", choices=FORMATS, default="text",
+                    help="text: one line per input (default); json: a JSON list, one object per input, with its "
+                    "segments; srt, vtt: subtitles, one cue per segment, on stdout for one input, else one file "
+                    "per input in --out-dir")  # fmt: skip
+    tr.add_argument("--json", dest="format", action="store_const", const="json", help="the same as --format json")
+    tr.add_argument("--out-dir", type=Path, help="srt/vtt: write INPUT_STEM.srt / .vtt here, one per input")
+    tr.add_argument("--long-form", action=argparse.BooleanOptionalAction, default=None,
+                    help="send every input to canary_qwen_long (--long-form) or to canary_qwen (--no-long-form); "
+                    f"default: inputs over {MAX_AUDIO_SECONDS:g} s go to canary_qwen_long")  # fmt: skip
     tr.set_defaults(run=_transcribe)
 
     from .bench import DEFAULT_WARMUP
@@ -123,13 +135,14 @@ def _transcribe(args) -> int:
     paths = [file for path in args.audio for file in (find_audio(path) if path.is_dir() else [path])]
     if not paths:
         raise InvalidInput(f"no wav/flac/ogg files in {' '.join(map(str, args.audio))}")
+    outputs = _subtitle_files(args, paths)
 
     async def run():
         async with AsyncTranscriptionClient(_urls(args), concurrency=args.concurrency, timeout=args.timeout,
                                             retry=_retry(args)) as client:  # fmt: skip
             await _check_ready(client)
             return await client.transcribe_many(paths, prompt=args.prompt, max_new_tokens=args.max_new_tokens,
-                                                return_exceptions=True)  # fmt: skip
+                                                long_form=args.long_form, return_exceptions=True)  # fmt: skip
 
     start = time.perf_counter()
     results = asyncio.run(run())
@@ -144,17 +157,48 @@ def _transcribe(args) -> int:
         else:
             rows.append({"audio": str(path), "text": result.text, "token_ids": result.token_ids,
                          "audio_seconds": round(result.audio_seconds, 3),
-                         "latency_seconds": round(result.latency_seconds, 4)})  # fmt: skip
+                         "latency_seconds": round(result.latency_seconds, 4),
+                         "segments": [asdict(segment) for segment in result.segments]})  # fmt: skip
     done = [row for row in rows if "error" not in row]
     audio_seconds = sum(row["audio_seconds"] for row in done)
     print(f"{len(done)} of {len(rows)} clips transcribed, {audio_seconds:.2f} s of audio in {wall:.2f} s "
           f"(RTFx {audio_seconds / wall:.2f}, concurrency {args.concurrency})", file=sys.stderr)  # fmt: skip
-    if args.json:
+    if args.format == "json":
         print(json.dumps(rows, ensure_ascii=False, indent=2))
+    elif args.format in ("srt", "vtt"):
+        from .subtitles import render
+
+        for path, result in zip(paths, results):
+            if isinstance(result, BaseException):
+                continue
+            text = render(result.segments, args.format)
+            if outputs is None:
+                sys.stdout.write(text)
+            else:
+                outputs[path].write_text(text, encoding="utf-8")
+                print(f"wrote {outputs[path]}", file=sys.stderr)
     else:
         for row in done:
             print(f"{row['audio']}\t{' '.join(row['text'].split())}")  # one line per file
     return 0 if len(done) == len(rows) else 1
+
+
+def _subtitle_files(args, paths: list[Path]) -> dict[Path, Path] | None:
+    """srt/vtt: each input's file in --out-dir, or None for stdout (one input, no --out-dir)."""
+    if args.format not in ("srt", "vtt"):
+        if args.out_dir is not None:
+            raise InvalidInput("--out-dir is for --format srt or vtt")
+        return None
+    if args.out_dir is None:
+        if len(paths) > 1:
+            raise InvalidInput(f"--format {args.format} with {len(paths)} inputs: give --out-dir (one file per input)")
+        return None
+    files = {path: args.out_dir / f"{path.stem}.{args.format}" for path in paths}
+    clash = len(set(files.values())) < len(files)
+    if clash:
+        raise InvalidInput(f"inputs with the same name would share a file in {args.out_dir}")
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    return files
 
 
 async def _check_ready(client) -> None:

@@ -33,8 +33,10 @@ from dataclasses import dataclass
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from ..contract import (ENSEMBLE, INPUT_MAX_NEW_TOKENS, INPUT_PROMPT, INPUT_WAV, INPUT_WAV_LENS, MIN_SAMPLES,
-                        OUTPUT_TOKEN_IDS, OUTPUT_TRANSCRIPT, SAMPLE_RATE, Budgets)
+from ..contract import (ENSEMBLE, INPUT_MAX_NEW_TOKENS, INPUT_PROMPT, INPUT_WAV, INPUT_WAV_LENS, LONG_FORM_MODEL,
+                        MIN_SAMPLES, OUTPUT_SEGMENT_END_MS, OUTPUT_SEGMENT_START_MS, OUTPUT_SEGMENT_TEXT,
+                        OUTPUT_SEGMENT_TOKEN_COUNTS, OUTPUT_SEGMENT_TOKEN_IDS, OUTPUT_SEGMENT_TRUNCATED, OUTPUT_TOKEN_IDS,
+                        OUTPUT_TRANSCRIPT, SAMPLE_RATE, Budgets)
 from ..longform import Chunk, SileroVad, StreamingSegmenter
 from ..longform.served_options import from_parameters
 from ..longform.vad import open_session
@@ -43,7 +45,7 @@ from .adapter import instruction_text
 from .audio_check import check_clips
 from .triton import BadRequest, build_manifest, guarded_async, parameters, per_request_async, tensor
 
-MODEL = "canary_qwen_long"
+MODEL = LONG_FORM_MODEL
 SAMPLES_PER_MS = SAMPLE_RATE // 1000
 VAD_BLOCK = 10 * SAMPLE_RATE  # ~0.1 s of VAD work between the event loop's turns (sending, answers)
 
@@ -143,10 +145,10 @@ def outputs(chunks: list[Chunk], results: list[tuple[bytes, np.ndarray]]) -> dic
 
     return {
         OUTPUT_TRANSCRIPT: row([b" ".join(text for text in texts if text)], object),
-        "SEGMENT_START_MS": row([c.start_ms for c in chunks], np.int32),
-        "SEGMENT_END_MS": row([c.end_ms for c in chunks], np.int32),
-        "SEGMENT_TEXT": row(texts, object),
-        "SEGMENT_TOKEN_IDS": row(np.concatenate([np.zeros(0, np.int32), *ids]), np.int32),
-        "SEGMENT_TOKEN_COUNTS": row(counts, np.int32),
-        "SEGMENT_TRUNCATED": row([n >= c.max_new_tokens for n, c in zip(counts, chunks)], bool),
+        OUTPUT_SEGMENT_START_MS: row([c.start_ms for c in chunks], np.int32),
+        OUTPUT_SEGMENT_END_MS: row([c.end_ms for c in chunks], np.int32),
+        OUTPUT_SEGMENT_TEXT: row(texts, object),
+        OUTPUT_SEGMENT_TOKEN_IDS: row(np.concatenate([np.zeros(0, np.int32), *ids]), np.int32),
+        OUTPUT_SEGMENT_TOKEN_COUNTS: row(counts, np.int32),
+        OUTPUT_SEGMENT_TRUNCATED: row([n >= c.max_new_tokens for n, c in zip(counts, chunks)], bool),
     }  # fmt: skip
