@@ -38,6 +38,10 @@ class AudioError(InvalidInput):
     """Audio that cannot be used, with the reason and the source named."""
 
 
+class AudioTooLong(AudioError):
+    """Audio over the caller's max_seconds, found from its header or while decoding (never after)."""
+
+
 @dataclass(frozen=True)
 class AudioInfo:
     """What a source declares before anything is decoded; `frames` is None when its header does not say."""
@@ -153,7 +157,7 @@ def _file_blocks(file, name: str):
 
 def _check_declared(info: AudioInfo, max_seconds: float | None) -> None:
     if max_seconds is not None and info.frames is not None and info.frames > max_seconds * info.sample_rate:
-        raise AudioError(f"{info.name}: {_clock(info.seconds)} of audio ({info.seconds:.1f} s, from its header) is "
+        raise AudioTooLong(f"{info.name}: {clock(info.seconds)} of audio ({info.seconds:.1f} s, from its header) is "
                          f"over the {max_seconds:g} s limit; refused before decoding")
 
 
@@ -172,7 +176,7 @@ def _convert(info: AudioInfo, blocks, max_seconds: float | None) -> np.ndarray:
         decoded += len(block)
         if decoded > limit:  # a declared length was checked already: this catches undeclared ones
             declared = "does not declare its length" if info.seconds is None else f"declares {info.seconds:.1f} s"
-            raise AudioError(f"{info.name}: decodes to more than the {max_seconds:g} s limit (its header "
+            raise AudioTooLong(f"{info.name}: decodes to more than the {max_seconds:g} s limit (its header "
                              f"{declared}); stopped decoding there")
         mono = _downmix(block)
         out.append(mono if resampler is None else resampler.resample_chunk(mono))
@@ -212,6 +216,7 @@ class _Output:
         return self.data
 
 
-def _clock(seconds: float) -> str:
+def clock(seconds: float) -> str:
+    """A duration as H:MM:SS, for messages."""
     minutes, secs = divmod(round(seconds), 60)
     return f"{minutes // 60}:{minutes % 60:02}:{secs:02}"

@@ -85,7 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     api.add_argument("--max-in-flight", type=int, default=16, help="requests sent to Triton at once (default 16)")
     api.add_argument("--max-queue", type=int, default=64, help="more requests waiting; beyond them 429 (default 64)")
     api.add_argument("--max-file-mb", type=float, default=25.0, help="upload limit in MiB, else 413 (default 25)")
-    api.add_argument("--max-new-tokens", type=int, help="generated tokens at most (default: the server's, 128)")
+    api.add_argument("--max-audio-seconds", type=float, default=7200.0,
+                     help="longer uploads (by their header) are refused with 400 before decoding (default 7200, the "
+                     "server's max_long_audio_seconds)")  # fmt: skip
+    api.add_argument("--max-new-tokens", type=int,
+                     help="generated tokens at most, for audio up to 40 s (default: the server's, 128); longer audio: "
+                     "the long-form model sets each segment's budget")  # fmt: skip
     api.add_argument("--timeout", type=float, default=300.0, help="seconds per request at Triton, else 504 (default 300)")
     api.add_argument("--prompt-as-instruction", action="store_true",
                      help="use OpenAI's `prompt` as the model's instruction (default: accepted and ignored)")  # fmt: skip
@@ -191,6 +196,7 @@ def _api(args) -> None:
     settings = Settings(
         args.triton_url, args.model_name, tuple(args.model_alias), args.max_in_flight, args.max_queue,
         int(args.max_file_mb * 2**20), args.max_new_tokens, args.timeout, args.prompt_as_instruction, api_key,
+        max_audio_seconds=args.max_audio_seconds,
     )  # fmt: skip
     serve(settings, args.host, args.port)
 

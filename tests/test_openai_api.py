@@ -3,7 +3,8 @@ on CPU, called with the official `openai` package and with raw HTTP.
 
 The front must give the same text as `canary-trt-client transcribe` for every LibriVox clip, in each
 response format, and every error in OpenAI's shape with the status code the official client maps to its
-exception types."""
+exception types. Long uploads: a ~60-s FLAC goes to canary_qwen_long, its verbose_json segments are the gRPC
+client's, srt and vtt parse back; one whose header declares 3 hours is refused before it is decoded."""
 
 import concurrent.futures
 import json
@@ -17,8 +18,12 @@ import numpy as np
 import openai
 import pytest
 import soundfile as sf
+import srt
+import webvtt
 
+from canary_trt.client import TranscriptionClient
 from canary_trt.client.cli import main as client_main
+from canary_trt.client.subtitles import cue_text
 from canary_trt.contract import LIBRIVOX_DIR
 from canary_trt.openai_api.process import ApiProcess
 from canary_trt.server import free_ports
@@ -90,7 +95,10 @@ def test_openai_client_gives_the_same_text_as_canary_trt_client(front, client_te
                                                      language="en", temperature=0.0)  # fmt: skip
         assert (verbose.text, verbose.language) == (want, "english")
         assert verbose.duration == pytest.approx(sf.info(path).duration, abs=1e-3)
-        assert verbose.segments is None and verbose.words is None  # no timestamps: not invented
+        assert verbose.words is None  # no word timings: not invented
+        (segment,) = verbose.segments  # a short clip: one segment over the whole of it
+        assert (segment.id, segment.seek, segment.start, segment.text) == (0, 0, 0.0, want)
+        assert segment.end == pytest.approx(verbose.duration, abs=1e-3)
 
 
 def test_formats_over_raw_http_and_mp3(front, client_texts, tmp_path):
@@ -123,9 +131,13 @@ def _silence(tmp_path: Path) -> Path:
     return path
 
 
-def _too_long(tmp_path: Path) -> Path:
-    path = tmp_path / "long.flac"
-    sf.write(path, np.resize(sf.read(CLIPS[0], dtype="float32")[0], 41 * 16000), 16000)
+def _three_hours(tmp_path: Path) -> Path:
+    """A FLAC whose header declares 3 h (over --max-audio-seconds' 7200): digital silence at 8 kHz, ~270 kB."""
+    path = tmp_path / "three_hours.flac"
+    with sf.SoundFile(path, "w", 8000, 1, format="FLAC", subtype="PCM_16") as f:
+        block = np.zeros(8000 * 600, np.int16)
+        for _ in range(18):
+            f.write(block)
     return path
 
 
@@ -144,10 +156,10 @@ def _huge(tmp_path: Path) -> Path:
 CASES = [
     # (file maker, form options, status, openai exception, phrases in the message, param)
     (None, {"language": "de"}, 400, openai.BadRequestError, ["English only"], "language"),
-    (None, {"response_format": "srt"}, 400, openai.BadRequestError, ["'srt' is not supported", "timestamps"], "response_format"),
+    (None, {"response_format": "tsv"}, 400, openai.BadRequestError, ["'tsv' is not supported", "srt, vtt"], "response_format"),
     (None, {"temperature": 1.5}, 400, openai.BadRequestError, ["temperature must be a number between 0 and 1"], "temperature"),
     (_silence, {}, 400, openai.BadRequestError, ["audio is all zeros (silence)"], "file"),
-    (_too_long, {}, 400, openai.BadRequestError, ["audio too long", "maximum is 40 s"], "file"),
+    (_three_hours, {}, 400, openai.BadRequestError, ["3:00:00", "10800.0 s", "7200 s limit", "before decoding"], "file"),
     (None, {"model": "gpt-4o-transcribe"}, 404, openai.NotFoundError, ["'gpt-4o-transcribe' does not exist"], "model"),
     (_huge, {}, 413, openai.APIStatusError, ["limited to 26214400 bytes (25 MiB)"], "file"),
     (_not_audio, {}, 415, openai.APIStatusError, ["'notes.wav'", "cannot decode audio", "supported: wav, flac"], "file"),
@@ -167,6 +179,77 @@ def test_each_error_through_the_openai_client_and_raw_http(front, tmp_path, make
     assert info.value.status_code == status and isinstance(info.value.body, dict)
     assert all(phrase in info.value.body["message"] for phrase in phrases), info.value.body
     assert httpx.get(f"{front.url}/health").status_code == 200  # still serving
+
+
+@pytest.fixture(scope="module")
+def long_flac(tmp_path_factory) -> Path:
+    """The 5 LibriVox clips twice, each after 1 s of -60 dBFS noise, and 1 s more: ~60 s, as FLAC."""
+    clips = [sf.read(path, dtype="float32")[0] for path in CLIPS]
+    pause = np.zeros(16000, np.float32)
+    audio = np.concatenate([piece for clip in clips * 2 for piece in (pause, clip)] + [pause])
+    audio += np.random.default_rng(5).standard_normal(audio.size).astype(np.float32) * np.float32(1e-3)
+    assert 55 < audio.size / 16000 < 65
+    path = tmp_path_factory.mktemp("long") / "long.flac"
+    sf.write(path, audio, 16000)
+    return path
+
+
+def test_a_long_upload_is_transcribed_with_the_clients_segments(server, front, long_flac):
+    with TranscriptionClient(server.grpc_url) as client:
+        want = client.transcribe(str(long_flac))  # over 40 s: canary_qwen_long by itself
+    assert len(want.segments) > 1
+    answer = front.post(files={"file": (long_flac.name, long_flac.read_bytes())},
+                        data={"model": SERVED, "response_format": "verbose_json", "timestamp_granularities[]": "segment"})
+    assert answer.status_code == 200, answer.text
+    verbose = answer.json()
+    assert verbose["text"] == want.text and "words" not in verbose
+    assert verbose["duration"] == pytest.approx(want.audio_seconds, abs=1e-3)
+    assert [(s["id"], s["seek"], s["start"], s["end"], s["text"], s["tokens"]) for s in verbose["segments"]] == \
+        [(i, round(s.start_s * 100), s.start_s, s.end_s, s.text, s.token_ids) for i, s in enumerate(want.segments)]
+    for segment in verbose["segments"]:
+        assert segment["temperature"] == 0.0
+        assert segment["avg_logprob"] is segment["compression_ratio"] is segment["no_speech_prob"] is None
+    cues = [(s.start_s, s.end_s, cue_text(s)) for s in want.segments if cue_text(s)]
+    client = front.openai()
+    with open(long_flac, "rb") as f:
+        subtitles = client.audio.transcriptions.create(model=SERVED, file=f, response_format="srt")
+    parsed = list(srt.parse(subtitles))
+    assert [(s.start.total_seconds(), s.end.total_seconds(), s.content) for s in parsed] == \
+        [(pytest.approx(a, abs=1e-3), pytest.approx(b, abs=1e-3), t) for a, b, t in cues]  # fmt: skip
+    with open(long_flac, "rb") as f:
+        subtitles = client.audio.transcriptions.create(model=SERVED, file=f, response_format="vtt")
+    captions = webvtt.from_string(subtitles).captions
+    assert [(c.start_in_seconds + int(c.start[-3:]) / 1000, c.end_in_seconds + int(c.end[-3:]) / 1000, c.text)
+            for c in captions] == [(pytest.approx(a, abs=1e-3), pytest.approx(b, abs=1e-3), t) for a, b, t in cues]
+
+
+def test_a_declared_three_hours_is_refused_before_decoding(front, tmp_path):
+    path = _three_hours(tmp_path)
+    audio = path.read_bytes()
+    assert len(audio) < 2**20
+    start = time.perf_counter()
+    answer = front.post(files={"file": (path.name, audio)}, data={"model": SERVED, "response_format": "verbose_json"})
+    took = time.perf_counter() - start
+    error = assert_openai_error(answer, 400, "3:00:00 long (10800.0 s, from its header)", "--max-audio-seconds",
+                                param="file")  # fmt: skip
+    assert error["code"] == "audio_too_long" and took < 2.0, took
+
+
+def test_word_timestamps_are_refused_by_name(front):
+    client = front.openai()
+    for granularities in (["word"], ["segment", "word"]):
+        with pytest.raises(openai.BadRequestError) as info, open(CLIPS[0], "rb") as f:
+            client.audio.transcriptions.create(model=SERVED, file=f, response_format="verbose_json",
+                                               timestamp_granularities=granularities)  # fmt: skip
+        assert "'word' is not supported" in info.value.body["message"]
+        assert info.value.body["param"] == "timestamp_granularities[]"
+    with pytest.raises(openai.BadRequestError) as info, open(CLIPS[0], "rb") as f:
+        client.audio.transcriptions.create(model=SERVED, file=f, response_format="json", timestamp_granularities=["segment"])
+    assert "requires response_format=verbose_json" in info.value.body["message"]
+    with open(CLIPS[0], "rb") as f:
+        verbose = client.audio.transcriptions.create(model=SERVED, file=f, response_format="verbose_json",
+                                                     timestamp_granularities=["segment"])  # fmt: skip
+    assert len(verbose.segments) == 1
 
 
 def test_malformed_requests_over_raw_http(front):

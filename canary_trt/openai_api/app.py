@@ -10,6 +10,11 @@ in flight, an unreachable one taken out). A send that fails because its endpoint
 overloaded is made once more at once (to another replica when there are several); after that the
 request is answered with its error, and the caller (the official clients retry 429 and 5xx with backoff)
 decides.
+
+Long recordings: an upload's length is read from its header (in a worker thread, nothing decoded) and one
+over `max_audio_seconds` is refused with a 400 before it is decoded; audio over 40 s (by that header length)
+goes to `canary_qwen_long`, shorter audio to the ensemble with `max_new_tokens` (the long model sets each
+segment's budget itself). Every answer has segments: verbose_json's `segments`, `srt` and `vtt` subtitles.
 """
 
 from __future__ import annotations
@@ -25,19 +30,24 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
+from ..audio import AudioTooLong, audio_info, clock, load_audio
 from ..client.api import MODEL, AsyncTranscriptionClient, RetryPolicy, Transcription
+from ..client.subtitles import render as render_subtitles
+from ..contract import MAX_AUDIO_SECONDS, SAMPLE_RATE
 from ..errors import InvalidInput
 from .errors import SERVER_ERROR, ApiError, bad_request, from_transcription_failure, too_busy, triton_message
 
 MiB = 2**20
 FORM_OVERHEAD = MiB  # room for the other fields and the multipart framing around the file
-RESPONSE_FORMATS = ("json", "text", "verbose_json")
-FIELDS = {"file", "model", "prompt", "response_format", "temperature", "language", "stream"}
+RESPONSE_FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
+GRANULARITIES = "timestamp_granularities[]"
+FIELDS = {"file", "model", "prompt", "response_format", "temperature", "language", "stream", GRANULARITIES}
 # Parameters of OpenAI's API this model cannot honour, and why.
 NOT_PROVIDED = {
-    "timestamp_granularities[]": "timestamps (segments, words) are not produced by this model",
     "include[]": "token log probabilities are not returned",
 }
+MAX_LONG_AUDIO_SECONDS = 7200.0  # the server's max_long_audio_seconds default (export/repository.py)
+CENTISECONDS = 100  # verbose_json `seek`: the segment's start in 10-ms frames (module doc of _segment)
 HEALTH_TIMEOUT = 5.0
 FAILOVER = RetryPolicy(attempts=2, initial=0.0)  # one more send, at once: the caller owns backoff
 
@@ -54,10 +64,13 @@ class Settings:
     timeout: float = 300.0  # seconds per request at Triton
     prompt_as_instruction: bool = False  # OpenAI's `prompt` replaces the model's instruction (else ignored)
     api_key: str | None = None  # required as `Authorization: Bearer ...` on /v1 when set
+    max_audio_seconds: float = MAX_LONG_AUDIO_SECONDS  # longer uploads (by their header) refused before decoding
 
     def __post_init__(self):
         if self.max_in_flight < 1 or self.max_queue < 0 or self.max_file_bytes < 1 or self.timeout <= 0:
             raise InvalidInput("max_in_flight and max_file_bytes must be at least 1, max_queue at least 0, timeout > 0")
+        if not self.max_audio_seconds > 0:
+            raise InvalidInput(f"max_audio_seconds must be a positive number of seconds, got {self.max_audio_seconds!r}")
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -136,16 +149,22 @@ def create_app(settings: Settings) -> FastAPI:
         _known_model(_field(form, "model", required=True), settings)
         response_format = _response_format(form)
         _check_options(form)
+        _check_granularities(form, response_format)
         audio = await upload.read()
         if len(audio) > settings.max_file_bytes:
             raise _too_large("the file", len(audio), settings.max_file_bytes)
         # OpenAI's `prompt` (Whisper's context text) is sent as the model's instruction only when asked for.
         instruction = _field(form, "prompt") if settings.prompt_as_instruction else None
         try:
-            # the ensemble only: long recordings (canary_qwen_long) are not offered here yet, so over 40 s is
-            # refused by the server as before
-            result = await request.app.state.client.transcribe(audio, prompt=instruction, long_form=False,
-                                                               max_new_tokens=settings.max_new_tokens)  # fmt: skip
+            audio, seconds = await _admit_length(audio, settings.max_audio_seconds)
+            # Routed by the header's length, as the client would by the decoded one; stated explicitly so that
+            # max_new_tokens (the ensemble's only) always goes with the model that takes it.
+            long = seconds > MAX_AUDIO_SECONDS
+            result = await request.app.state.client.transcribe(
+                audio, None if isinstance(audio, bytes) else SAMPLE_RATE, prompt=instruction, long_form=long,
+                max_new_tokens=None if long else settings.max_new_tokens)  # fmt: skip
+        except ApiError:
+            raise
         except Exception as e:
             raise from_transcription_failure(e, settings.triton_url, upload.filename) from e
         return result, response_format
@@ -208,7 +227,26 @@ async def _read_form(request: Request, limit: int):
         return {"type": "http.request", "body": bytes(body), "more_body": False}
 
     # Starlette turns a malformed multipart body into HTTPException(400): answered in OpenAI's shape.
-    return await Request(request.scope, replay).form(max_files=1, max_fields=len(FIELDS) + len(NOT_PROVIDED))
+    # (+2: timestamp_granularities[] may be sent once per value, segment and word)
+    return await Request(request.scope, replay).form(max_files=1, max_fields=len(FIELDS) + len(NOT_PROVIDED) + 2)
+
+
+async def _admit_length(audio: bytes, max_seconds: float):
+    """(what to send, its length in seconds): the header's length checked against `max_seconds` before anything
+    is decoded (over it: a 400 naming it); a file whose header does not say is decoded here, in a worker thread,
+    stopping as soon as it passes the limit."""
+    info = await asyncio.to_thread(audio_info, audio)  # AudioError (undecodable): 415 by the caller
+    if info.seconds is None:
+        try:
+            samples = await asyncio.to_thread(load_audio, audio, None, max_seconds=max_seconds)
+        except AudioTooLong as e:
+            raise bad_request(f"{e} (--max-audio-seconds)", param="file", code="audio_too_long") from e
+        return samples, samples.size / SAMPLE_RATE
+    if info.seconds > max_seconds:
+        raise bad_request(f"the audio is {clock(info.seconds)} long ({info.seconds:.1f} s, from its header), over the "
+                          f"{max_seconds:g} s limit (--max-audio-seconds); refused before decoding", param="file",
+                          code="audio_too_long")  # fmt: skip
+    return audio, info.seconds
 
 
 async def _drain(request: Request, at_most: int) -> None:
@@ -243,10 +281,27 @@ def _known_model(name: str, settings: Settings) -> str:
 def _response_format(form) -> str:
     value = _field(form, "response_format") or "json"
     if value not in RESPONSE_FORMATS:
-        why = " (subtitles need timestamps, which this model does not produce)" if value in ("srt", "vtt") else ""
-        raise bad_request(f"response_format {value!r} is not supported{why}; use one of {', '.join(RESPONSE_FORMATS)}",
+        raise bad_request(f"response_format {value!r} is not supported; use one of {', '.join(RESPONSE_FORMATS)}",
                           param="response_format")  # fmt: skip
     return value
+
+
+def _check_granularities(form, response_format: str) -> None:
+    """`timestamp_granularities[]`: `segment` (verbose_json only, as OpenAI requires); `word` is refused by
+    name: the model gives no word timings."""
+    values = form.getlist(GRANULARITIES)
+    if any(isinstance(v, UploadFile) for v in values):
+        raise bad_request(f"'{GRANULARITIES}' must be a text field, not a file", param=GRANULARITIES)
+    for value in values:
+        if value == "word":
+            raise bad_request(f"{GRANULARITIES} 'word' is not supported: this model produces no word timestamps "
+                              "(segment timestamps only: 'segment')", param=GRANULARITIES,
+                              code="unsupported_granularity")  # fmt: skip
+        if value != "segment":
+            raise bad_request(f"{GRANULARITIES} {value!r} is not one of 'segment', 'word'", param=GRANULARITIES)
+    if values and response_format != "verbose_json":
+        raise bad_request(f"{GRANULARITIES} requires response_format=verbose_json, got {response_format!r}",
+                          param=GRANULARITIES)  # fmt: skip
 
 
 def _check_options(form) -> None:
@@ -272,11 +327,23 @@ def _check_options(form) -> None:
         raise bad_request("streaming is not supported: send stream=false or leave it out", param="stream")
 
 
+def _segment(index: int, segment) -> dict:
+    """One verbose_json segment in OpenAI's fields. `seek`: in Whisper, the offset (in 10-ms mel frames) of the
+    window the segment was decoded from; here every segment is decoded from its own window, which starts at
+    the segment's start: seek is start_s in 10-ms frames (the encoder's frame rate too). `temperature` 0.0:
+    decoding is greedy. `avg_logprob`, `compression_ratio`, `no_speech_prob`: null, the model gives none."""
+    return {"id": index, "seek": round(segment.start_s * CENTISECONDS), "start": segment.start_s,
+            "end": segment.end_s, "text": segment.text, "tokens": list(segment.token_ids), "temperature": 0.0,
+            "avg_logprob": None, "compression_ratio": None, "no_speech_prob": None}  # fmt: skip
+
+
 def _render(result: Transcription, response_format: str):
     if response_format == "text":
         return PlainTextResponse(result.text)
+    if response_format in ("srt", "vtt"):
+        return PlainTextResponse(render_subtitles(result.segments, response_format))
     if response_format == "verbose_json":
-        # No segments or words: the model produces no timestamps.
+        # Segments, no words: the model gives segment times, no word timings.
         return {"task": "transcribe", "language": "english", "duration": round(result.audio_seconds, 3),
-                "text": result.text}  # fmt: skip
+                "text": result.text, "segments": [_segment(i, s) for i, s in enumerate(result.segments)]}  # fmt: skip
     return {"text": result.text}
