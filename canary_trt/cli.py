@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from .contract import MAX_NEW_TOKENS
+from .contract import MAX_LONG_AUDIO_SECONDS, MAX_NEW_TOKENS
 from .errors import CanaryError, InvalidInput
 
 
@@ -85,9 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     api.add_argument("--max-in-flight", type=int, default=16, help="requests sent to Triton at once (default 16)")
     api.add_argument("--max-queue", type=int, default=64, help="more requests waiting; beyond them 429 (default 64)")
     api.add_argument("--max-file-mb", type=float, default=25.0, help="upload limit in MiB, else 413 (default 25)")
-    api.add_argument("--max-audio-seconds", type=float, default=7200.0,
-                     help="longer uploads (by their header) are refused with 400 before decoding (default 7200, the "
-                     "server's max_long_audio_seconds)")  # fmt: skip
+    api.add_argument("--max-audio-seconds", type=float, default=MAX_LONG_AUDIO_SECONDS,
+                     help="longer uploads (by their header) are refused with 400 before decoding (default "
+                     f"{MAX_LONG_AUDIO_SECONDS}, the server's max_long_audio_seconds)")  # fmt: skip
     api.add_argument("--max-new-tokens", type=int,
                      help="generated tokens at most, for audio up to 40 s (default: the server's, 128); longer audio: "
                      "the long-form model sets each segment's budget")  # fmt: skip

@@ -19,6 +19,9 @@ SUBSAMPLING_CONVS = 3  # dw_striding x8: three stride-2 convolutions -> 12.5 emb
 MIN_AUDIO_SECONDS = 0.1  # shorter clips give too few mel frames; the GPU engine profile's minimum too
 MIN_SAMPLES = round(MIN_AUDIO_SECONDS * SAMPLE_RATE)
 MAX_AUDIO_SECONDS = 40.0  # the model's training clips are at most 40 s
+# canary_qwen_long and the OpenAI front: longer recordings are refused before any decoding or VAD work.
+# Two hours: 16 kHz float32 is 230 MB per hour, held in the request tensor in /dev/shm (docs/SERVING.md).
+MAX_LONG_AUDIO_SECONDS = 7200
 
 PROMPT_TOKENS = 15  # the default ASR prompt, placeholder included (docs/MODEL.md#prompt-and-splice)
 MAX_PROMPT_TOKENS = 64  # room for a longer instruction than the default

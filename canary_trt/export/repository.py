@@ -10,7 +10,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from ..contract import CLIPS_PER_REQUEST, MODEL_REPOSITORY, Budgets
+from ..contract import CLIPS_PER_REQUEST, MAX_LONG_AUDIO_SECONDS, MODEL_REPOSITORY, Budgets
 from ..longform import served_options
 
 LAYERS = {"cpu": ("common", "cpu"), "gpu": ("common", "gpu")}
@@ -38,9 +38,6 @@ GPU_DECODER_CUDA_GRAPH_CACHE_SIZE = 64
 # most 2 s of compute per clip (1 s on average, ~10% on LibriSpeech-length clips) and give 20 shapes up to
 # 40 s, so a few hundred requests in flight meet in batches. CPU: the python encoder pads each batch itself.
 BUCKET_SECONDS = {"cpu": 0.0, "gpu": 2.0}
-# canary_qwen_long: longer recordings are refused before any VAD work. Two hours: 16 kHz float32 is 230 MB
-# per hour, held in the request tensor in /dev/shm (docs/SERVING.md, "Long recordings").
-MAX_LONG_AUDIO_SECONDS = 7200
 
 
 def templates() -> Path:

@@ -33,7 +33,7 @@ from starlette.exceptions import HTTPException
 from ..audio import AudioTooLong, audio_info, clock, load_audio
 from ..client.api import MODEL, AsyncTranscriptionClient, RetryPolicy, Transcription
 from ..client.subtitles import render as render_subtitles
-from ..contract import MAX_AUDIO_SECONDS, SAMPLE_RATE
+from ..contract import MAX_AUDIO_SECONDS, MAX_LONG_AUDIO_SECONDS, SAMPLE_RATE
 from ..errors import InvalidInput
 from .errors import SERVER_ERROR, ApiError, bad_request, from_transcription_failure, too_busy, triton_message
 
@@ -46,7 +46,6 @@ FIELDS = {"file", "model", "prompt", "response_format", "temperature", "language
 NOT_PROVIDED = {
     "include[]": "token log probabilities are not returned",
 }
-MAX_LONG_AUDIO_SECONDS = 7200.0  # the server's max_long_audio_seconds default (export/repository.py)
 CENTISECONDS = 100  # verbose_json `seek`: the segment's start in 10-ms frames (module doc of _segment)
 HEALTH_TIMEOUT = 5.0
 FAILOVER = RetryPolicy(attempts=2, initial=0.0)  # one more send, at once: the caller owns backoff
