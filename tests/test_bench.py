@@ -25,6 +25,7 @@ from canary_trt.client.metrics import WordErrors, corpus_errors, normalize, perc
 from canary_trt.client.report import write_report
 from canary_trt.client.results import Clip, summarize_pass
 from canary_trt.client.stats import statistics_delta
+from canary_trt.errors import InvalidInput
 
 # --- WER ---------------------------------------------------------------------------------------------------
 
@@ -249,6 +250,33 @@ def test_every_utterance_is_accounted_for_once_and_the_report_renders(tmp_path):
     assert json.loads(written[0].read_text()) == report
     assert "InferenceServerException: boom" in written[1].read_text()
     assert written[2].read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_long_recordings_segments_survive_resume():
+    """A partial row keeps the segments (ids split back by count), so a resumed pass reports them too."""
+    from canary_trt.client.api import Segment
+    from canary_trt.client.results import Outcome
+
+    segments = [Segment(0.5, 12.25, "one", [1, 2], True), Segment(13.0, 20.0, "two", [3], False)]
+    done = Transcription("one two", [1, 2, 3], 60.0, 4.0, "h:1", segments)
+    row = json.loads(json.dumps(Outcome.of(done).to_json()))
+    assert Outcome.from_json(row).transcription() == done
+    utterance = Utterance(Path("/data/long.wav"), "one two")
+    summary = summarize_pass(1, 0, 4.0, [Clip(0, utterance, np.zeros(16000 * 60, np.float32))], [done], triton={})
+    assert (summary["segments"], summary["truncated_segments"]) == (2, 1)
+    assert summary["utterances"][0]["segments"][1] == {"start_s": 13.0, "end_s": 20.0, "text": "two", "tokens": 1,
+                                                       "truncated": False}  # fmt: skip
+
+
+def test_max_new_tokens_with_long_recordings_is_refused_from_headers(tmp_path):
+    from canary_trt.client.bench import run_benchmark
+
+    long = tmp_path / "long.flac"
+    sf.write(long, np.zeros(16000 * 41, np.float32), 16000)
+    utterances = [Utterance(write_wav(tmp_path / "short.wav"), "a"), Utterance(long, "b")]
+    with pytest.raises(InvalidInput, match=r"--max-new-tokens applies to clips of at most 40 s, and 1 are longer "
+                                           rf"\({long}\): canary_qwen_long"):  # fmt: skip
+        run_benchmark("127.0.0.1:1", utterances, [1], max_new_tokens=8)  # refused before connecting
 
 
 def test_machine_description():

@@ -143,7 +143,7 @@ def test_cli_srt_and_vtt_parse_back(server, recording, clips, long_result, tmp_p
     assert main([*base, "--format", "vtt", "--out-dir", str(out), str(long_path), str(short_path)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["long.vtt", "short.vtt"]
     with io.StringIO((out / "long.vtt").read_text()) as buffer:
-        again = webvtt.read_buffer(buffer).captions
+        again = webvtt.from_buffer(buffer).captions
     assert [(c.start, c.end, c.text) for c in again] == [(c.start, c.end, c.text) for c in captions]
     (short,) = webvtt.read(str(out / "short.vtt")).captions
     assert short.start == "00:00:00.000"
@@ -154,3 +154,29 @@ def test_cli_srt_and_vtt_parse_back(server, recording, clips, long_result, tmp_p
     assert main([*base, "--json", str(long_path)]) == 0
     (row,) = json.loads(capsys.readouterr().out)
     assert [Segment(**s) for s in row["segments"]] == long_result.segments
+
+
+def test_bench_on_a_long_manifest(server, recording, clips, long_result, tmp_path):
+    """A manifest with a long recording and a short clip: each goes the way the client sends it, the long one's
+    row carries the same segments, the pass has an RTFx, and the report says how many were long."""
+    from canary_trt.client.bench import run_benchmark
+    from canary_trt.client.manifest import Utterance, read_manifest, write_manifest
+    from canary_trt.client.report import markdown
+
+    sf.write(tmp_path / "long.wav", recording, 16000, subtype="FLOAT")
+    sf.write(tmp_path / "short.wav", clips["0880"], 16000, subtype="FLOAT")
+    manifest = write_manifest(tmp_path / "set.jsonl", [Utterance(tmp_path / "long.wav", long_result.text),
+                                                       Utterance(tmp_path / "short.wav", "a short clip")])
+    report = run_benchmark(server.grpc_url, read_manifest(manifest), [2], warmup=0, out=tmp_path / "out")
+    assert report["dataset"]["long_form_utterances"] == 1
+    (bench,) = report["passes"]
+    assert (bench["done"], bench["failed"]) == (2, 0) and bench["rtfx"] > 0
+    long_row, short_row = bench["utterances"]
+    assert (long_row["hypothesis"], long_row["token_ids"]) == (long_result.text, long_result.token_ids)
+    assert [(s["start_s"], s["end_s"], s["text"], s["tokens"], s["truncated"]) for s in long_row["segments"]] == [
+        (s.start_s, s.end_s, s.text, len(s.token_ids), s.truncated) for s in long_result.segments]  # fmt: skip
+    assert long_row["word_errors"]["errors"] == 0  # its reference is the served text
+    assert len(short_row["segments"]) == 1
+    assert bench["segments"] == len(long_result.segments) + 1
+    assert bench["truncated_segments"] is None  # the short clip used the ensemble's default budget: not known
+    assert "1 of them long recordings" in markdown(report) and "canary_qwen_long" in markdown(report)

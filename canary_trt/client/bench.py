@@ -15,7 +15,13 @@ backoff (`retry.RetryPolicy`); a clip that still fails is reported failed with i
 finished request (done or failed) is appended at once to `out/partial.jsonl`. Run again with the same
 folder and data set, the bench resumes: utterances already done at a level are not sent again; the failed
 ones are. RTFx and latency then cover only the requests timed in this run; WER covers every done
-utterance. A run that ends with nothing failed removes the partial file (the report holds it all); `fresh`
+utterance.
+
+Long recordings: a clip over `contract.MAX_AUDIO_SECONDS` goes to `canary_qwen_long` as the client sends it
+(`api.py`), so a manifest of meetings or lectures is benchmarked as it would be served: its RTFx is the
+long-form path's, and each utterance row counts its segments and those that reached their budget. Such
+clips take no `max_new_tokens` (the long model budgets each segment by its length): asked for with clips
+over the limit, the bench refuses, naming them, from the files' headers before any audio is decoded. A run that ends with nothing failed removes the partial file (the report holds it all); `fresh`
 discards an old one first.
 
 Several endpoints (replicas; `url` as `endpoints.EndpointPool` takes it): requests are spread over them, a
@@ -32,7 +38,8 @@ import datetime
 import time
 from pathlib import Path
 
-from ..audio import SAMPLE_RATE, duration, load_audio
+from ..audio import SAMPLE_RATE, audio_info, duration, load_audio
+from ..contract import LONG_FORM_MODEL, MAX_AUDIO_SECONDS
 from ..errors import InvalidInput
 from .api import MODEL, AsyncTranscriptionClient, RetryPolicy
 from .endpoints import split_urls
@@ -69,6 +76,8 @@ def run_benchmark(
         raise InvalidInput("nothing to benchmark: the data set is empty")
     if not concurrency or min(concurrency) < 1 or warmup < 0:
         raise InvalidInput("concurrency levels must be at least 1 and --warmup at least 0")
+    if max_new_tokens is not None:
+        _refuse_budget_for_long(utterances)
     partial = PartialResults(Path(out) / PARTIAL_NAME, fingerprint(utterances, max_new_tokens, model, prompt), fresh) \
         if out is not None else None  # fmt: skip
     clips = load_clips(utterances)
@@ -78,6 +87,23 @@ def run_benchmark(
     if partial is not None and not any(p["failed"] for p in report["passes"]):
         partial.path.unlink(missing_ok=True)  # complete: the report holds everything
     return report
+
+
+def _refuse_budget_for_long(utterances: list[Utterance]) -> None:
+    """max_new_tokens with clips the client sends to the long model: refused, from headers only."""
+
+    def seconds(u: Utterance) -> float:
+        try:
+            return audio_info(u.audio).seconds or 0.0
+        except (OSError, ValueError):
+            return 0.0  # unreadable: reported as such by the pass
+
+    long = [u for u in utterances if seconds(u) > MAX_AUDIO_SECONDS]
+    if long:
+        named = ", ".join(str(u.audio) for u in long[:3]) + (f" and {len(long) - 3} more" if len(long) > 3 else "")
+        raise InvalidInput(f"--max-new-tokens applies to clips of at most {MAX_AUDIO_SECONDS:g} s, and {len(long)} "
+                           f"are longer ({named}): {LONG_FORM_MODEL} sets each segment's budget from its length; "
+                           "leave --max-new-tokens out for this data set")  # fmt: skip
 
 
 def load_clips(utterances: list[Utterance]) -> list[Clip]:
@@ -124,6 +150,7 @@ async def _benchmark(url, clips, levels, warmup, options, source, model, partial
             "utterances": len(clips),
             "audio_seconds": round(sum(duration(c.samples) for c in readable), 3),
             "unreadable": len(clips) - len(readable),
+            "long_form_utterances": sum(1 for c in readable if c.samples.size > MAX_AUDIO_SECONDS * SAMPLE_RATE),
         },
         "method": {
             "concurrency": list(levels),
@@ -136,6 +163,9 @@ async def _benchmark(url, clips, levels, warmup, options, source, model, partial
             "latency": "per request, send -> reply of the attempt that succeeded, seconds; requests timed in "
             "this run only",
             "percentiles": PERCENTILE_METHOD,
+            "long_form": f"clips over {MAX_AUDIO_SECONDS:g} s go to {LONG_FORM_MODEL} (cut at pauses, each segment "
+            "transcribed through the ensemble with a budget from its length), the rest to the ensemble; RTFx and "
+            "latency cover both as sent",
             "triton": "get_inference_statistics after minus before the timed pass; ms are per request "
             "(ns / count); batch_size_histogram counts executions per batch size; several endpoints: per "
             "endpoint, and in all (raw counters summed over the endpoints that answered before and after)",

@@ -44,7 +44,8 @@ def markdown(report: dict) -> str:
         f"(max_batch_size {server['max_batch_size']}; per model: "
         + ", ".join(f"{name} {size}" for name, size in server["models_max_batch_size"].items()) + ")",
         f"- data: {data['source']}: {data['utterances']} utterances, {data['audio_seconds']:.2f} s of audio"
-        + (f", {data['unreadable']} unreadable" if data["unreadable"] else ""),
+        + (f", {data['unreadable']} unreadable" if data["unreadable"] else "")
+        + (f", {data['long_form_utterances']} of them long recordings" if data.get("long_form_utterances") else ""),
         f"- max new tokens: {method['max_new_tokens'] or 'server default'}; untimed warm-up requests before "
         f"each level: {method['warmup_requests']}",
         "",
@@ -56,6 +57,7 @@ def markdown(report: dict) -> str:
         f"- RTFx: {method['rtfx']}.",
         f"- Latency: {method['latency']}; percentiles: {method['percentiles']}.",
         f"- Triton: {method['triton']}.",
+        *([f"- Long recordings: {method['long_form']}."] if data.get("long_form_utterances") else []),
         *([f"- Retries: {method['retries']}."] if "retries" in method else []),
         *([f"- Accounting: {method['accounting']}."] if "accounting" in method else []),
     ]
@@ -66,6 +68,11 @@ def markdown(report: dict) -> str:
             lines += [f"Accounting: {len(p['utterances'])} utterances, each once: {p['done']} done "
                       f"({p['resumed']} resumed from an earlier run, {p['sent']} sent in this run), "
                       f"{p['failed']} failed" + (f" ({kinds})" if kinds else "") + ".", ""]  # fmt: skip
+        if data.get("long_form_utterances"):
+            truncated = p["truncated_segments"]
+            lines += [f"Segments of the done utterances: {p['segments']}, "
+                      + ("of which those that reached their budget: not known (the ensemble's default budget)"
+                         if truncated is None else f"{truncated} reached their new-token budget") + ".", ""]  # fmt: skip
         lines += _triton_table(p["triton"])
         answered, by_endpoint = p.get("requests_by_endpoint", {}), p.get("triton_by_endpoint", {})
         if len(answered) > 1 or len(by_endpoint) > 1:  # several replicas

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 
-from .api import Transcription
+from .api import Segment, Transcription
 from .manifest import Utterance
 from .metrics import WordErrors, corpus_errors, percentiles, rtfx, word_errors
 from .retry import Failure
@@ -39,12 +39,17 @@ class Outcome:
     endpoint: str | None = None
     error: str | None = None
     error_kind: str | None = None
+    # the transcription's segments without their ids (token_ids is theirs concatenated): start_s, end_s,
+    # text, tokens (how many), truncated
+    segments: list[dict] | None = None
 
     @classmethod
     def of(cls, result: Transcription | Failure | str) -> Outcome:
         if isinstance(result, Transcription):
+            segments = [{"start_s": s.start_s, "end_s": s.end_s, "text": s.text, "tokens": len(s.token_ids),
+                         "truncated": s.truncated} for s in result.segments]  # fmt: skip
             return cls("done", result.text, result.token_ids, result.audio_seconds, result.latency_seconds,
-                       result.endpoint)  # fmt: skip
+                       result.endpoint, segments=segments)  # fmt: skip
         return cls("failed", error=str(result), error_kind=getattr(result, "kind", "error"))
 
     @classmethod
@@ -54,8 +59,12 @@ class Outcome:
 
     def transcription(self) -> Transcription:
         """A done outcome's transcription back (as `of` took it)."""
+        ids, segments = list(self.token_ids), []
+        for s in self.segments or []:
+            segments.append(Segment(s["start_s"], s["end_s"], s["text"], ids[:s["tokens"]], s["truncated"]))
+            ids = ids[s["tokens"]:]
         return Transcription(self.hypothesis, list(self.token_ids), float(self.audio_seconds),
-                             float(self.latency_seconds), self.endpoint)  # fmt: skip
+                             float(self.latency_seconds), self.endpoint, segments)  # fmt: skip
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -93,6 +102,7 @@ def summarize_pass(level, warmup, wall, clips, outcomes, triton, resumed=frozens
     audio_seconds = sum(outcome.audio_seconds for outcome in timed)
     latencies = [outcome.latency_seconds for outcome in timed]
     corpus = corpus_errors(list(errors.values()))
+    segments = [s for _, outcome in done for s in outcome.segments]
     failed = [o for o in outcomes if not isinstance(o, Transcription)]
     reasons = Counter(getattr(o, "kind", "error") for o in failed)
     rows = [UtteranceRow(c.index, str(c.utterance.audio), c.utterance.text, Outcome.of(o),
@@ -115,6 +125,9 @@ def summarize_pass(level, warmup, wall, clips, outcomes, triton, resumed=frozens
             "max": _round(max(latencies, default=None)),
         },
         "wer": {"wer": corpus.wer, **corpus.to_json()},
+        "segments": len(segments),  # of the done utterances (a clip through the ensemble is one)
+        # reached their new-token budget (text cut there); None: some budget was the server's default, not known
+        "truncated_segments": None if any(s.truncated is None for s in segments) else sum(s.truncated for s in segments),
         "requests_by_endpoint": dict(sorted(answered.items())),  # answered in this run
         "triton": triton,
         "triton_by_endpoint": triton_by_endpoint or {},
