@@ -19,46 +19,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import threading
 import time
 from pathlib import Path
 
-import psutil
+from memory import MemorySampler, group_rss_bytes  # benchmarks/memory.py
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-
-
-def group_rss_bytes(pgid: int) -> tuple[int, int]:
-    """(RSS summed over every process in process group `pgid`, how many processes)."""
-    total = count = 0
-    for process in psutil.process_iter(["memory_info"]):
-        try:
-            if os.getpgid(process.pid) != pgid:
-                continue
-        except OSError:
-            continue  # the process ended meanwhile
-        memory = process.info["memory_info"]  # None: unreadable (a zombie holds no memory)
-        total += memory.rss if memory else 0
-        count += 1
-    return total, count
-
-
-class MemorySampler(threading.Thread):
-    def __init__(self, pgid: int, every: float = 0.2):
-        super().__init__(daemon=True)
-        self.pgid, self.every, self.peak, self._stop_event = pgid, every, 0, threading.Event()
-
-    def run(self):
-        while not self._stop_event.is_set():
-            self.peak = max(self.peak, group_rss_bytes(self.pgid)[0])
-            self._stop_event.wait(self.every)
-
-    def stop(self) -> int:
-        self._stop_event.set()
-        self.join()
-        return self.peak
 
 
 async def fire(url: str, clips: list, requests: int, concurrency: int, max_new_tokens: int, attempts: int,
@@ -116,7 +83,7 @@ def main() -> None:
     with TritonServer(repository, host="127.0.0.1") as server:
         time.sleep(1.0)  # let the stubs settle after loading
         before, processes = group_rss_bytes(server.pid)
-        sampler = MemorySampler(server.pid)
+        sampler = MemorySampler(lambda: group_rss_bytes(server.pid)[0])
         sampler.start()
         start = time.perf_counter()
         outcomes = asyncio.run(fire(server.grpc_url, clips, args.requests, args.concurrency, args.max_new_tokens,

@@ -12,7 +12,7 @@ import soundfile as sf
 
 from canary_trt.client.api import Transcription
 from canary_trt.client.cli import main
-from canary_trt.client.machine import describe_machine
+from canary_trt.client.machine import SPEED_FLAGS, describe_machine
 from canary_trt.client.manifest import (
     LIBRIVOX_DIR,
     ManifestError,
@@ -283,6 +283,9 @@ def test_machine_description():
     machine = describe_machine()
     assert machine["cpu_cores"] >= 1 and machine["memory_gib"] > 0 and machine["cpu"]
     assert machine["gpu"]  # a name from nvidia-smi, or "none"
+    # the vector extensions that decide int8/bf16 speed, as /proc/cpuinfo lists them
+    flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")).split()
+    assert machine["cpu_flags"] == [f for f in SPEED_FLAGS if f in flags]
 
 
 # --- command line, without a server -----------------------------------------------------------------------

@@ -35,7 +35,9 @@ def markdown(report: dict) -> str:
     lines = [
         f"# canary-trt benchmark ({report['started']})",
         "",
-        f"- client machine: {machine['cpu']}, {machine['cpu_cores']} cores, {machine['memory_gib']} GiB; "
+        f"- client machine: {machine['cpu']}, {machine['cpu_cores']} cores"
+        + (f" ({' '.join(machine['cpu_flags']) or 'no AVX2'})" if machine.get("cpu_flags") is not None else "")
+        + f", {machine['memory_gib']} GiB; "
         f"GPU: {machine['gpu']}; {machine['os']}, Python {machine['python']}",
         f"- server: Triton {server['version']} at {server['url']}"
         + (f" ({len(server['endpoints'])} endpoints: {', '.join(server['endpoints'])})"
