@@ -38,6 +38,17 @@ OUTPUT_SEGMENT_START_MS, OUTPUT_SEGMENT_END_MS = "SEGMENT_START_MS", "SEGMENT_EN
 OUTPUT_SEGMENT_TEXT, OUTPUT_SEGMENT_TRUNCATED = "SEGMENT_TEXT", "SEGMENT_TRUNCATED"
 OUTPUT_SEGMENT_TOKEN_IDS, OUTPUT_SEGMENT_TOKEN_COUNTS = "SEGMENT_TOKEN_IDS", "SEGMENT_TOKEN_COUNTS"
 
+# LLM mode (the model card's): ASR mode gives the transcript, then the base Qwen3 (LoRA off) answers a question
+# about it; a question without audio goes to the base LLM alone. Built with `canary-trt export --llm-mode`.
+CHAT_MODEL = "canary_qwen_chat"  # decoupled BLS: ASR through LONG_FORM_MODEL, then LLM_DECODER (serving/chat.py)
+LLM_DECODER = "llm_decoder"  # the base LLM: the decoder's tensorrt_llm contract without a prompt table, streaming
+INPUT_QUESTION, INPUT_ENABLE_THINKING, INPUT_STREAM = "QUESTION", "ENABLE_THINKING", "STREAM"
+OUTPUT_ANSWER, OUTPUT_REASONING, OUTPUT_ANSWER_TOKEN_IDS = "ANSWER", "REASONING", "ANSWER_TOKEN_IDS"
+OUTPUT_TRANSCRIPT_TOKEN_IDS, OUTPUT_FINISH_REASON, OUTPUT_PROMPT_TOKENS = "TRANSCRIPT_TOKEN_IDS", "FINISH_REASON", "PROMPT_TOKENS"
+# STREAM=true: before the final response, one response per piece of text: DELTA_TEXT and its DELTA_KIND
+OUTPUT_DELTA_TEXT, OUTPUT_DELTA_KIND = "DELTA_TEXT", "DELTA_KIND"  # kind: "reasoning" or "answer"
+FINISH_STOP, FINISH_LENGTH = "stop", "length"  # ended at <|im_end|> / at its new-token budget (OpenAI's words)
+
 # The build folder (BUILD/...): written by `canary-trt export`, read by the runtimes and the python models.
 EXPORT_INFO = "export.json"
 ENCODER_ONNX = "encoder.onnx"
@@ -51,6 +62,11 @@ ENCODER_PLAN = "encoder.plan"
 HF_LLM_DIR = "hf_llm"
 TRTLLM_CHECKPOINT_DIR = "trtllm_checkpoint"
 TRTLLM_ENGINE_DIR = "trtllm_engine"
+LLM_DECODER_ONNX = "llm_decoder.onnx"  # --llm-mode: the base LLM (no LoRA); it shares EMBEDDINGS (LoRA leaves them)
+LLM_DECODER_INT8_ONNX = "llm_decoder_int8.onnx"
+HF_BASE_LLM_DIR = "hf_llm_base"
+TRTLLM_BASE_CHECKPOINT_DIR = "trtllm_llm_checkpoint"
+TRTLLM_BASE_ENGINE_DIR = "trtllm_llm_engine"
 
 # Speech for the demo, the tests and the benchmarks: Debian's pocketsphinx-testdata (LibriVox clips)
 LIBRIVOX_DIR = Path("/usr/share/pocketsphinx/test/data/librivox")
@@ -120,3 +136,31 @@ class Budgets:
         recorded = manifest.get("budgets", {})
         return cls(**{name: recorded[name] for name in ("max_audio_seconds", "max_prompt_tokens", "max_new_tokens")
                       if name in recorded})  # fmt: skip
+
+
+@dataclass(frozen=True)
+class LlmBudgets:
+    """What one LLM-mode request may use (export.json "llm_mode"; the GPU base-LLM engine is built for them).
+    The prompt is NeMo's qwen template around the question and the transcript; prompt + new tokens must fit
+    max_context_tokens, which bounds the KV cache: on CPU fp32 it is 2 x layers x kv_heads x head_dim x 4 bytes
+    per token (Qwen3-1.7B: 28 x 8 x 128 -> 224 KiB, so 8192 tokens hold 1.75 GiB per sequence)."""
+
+    max_question_tokens: int = 1024
+    max_new_tokens: int = 2048  # the model card's LLM-mode budget
+    max_context_tokens: int = 8192  # Qwen3-1.7B's own limit is 32768 (max_position_embeddings 40960)
+
+    def __post_init__(self):
+        if min(self.max_question_tokens, self.max_new_tokens) < 1:
+            raise InvalidInput("LLM-mode max_question_tokens and max_new_tokens must be at least 1")
+        if self.max_context_tokens <= self.max_question_tokens:
+            raise InvalidInput(f"LLM-mode max_context_tokens {self.max_context_tokens} must exceed max_question_tokens "
+                               f"{self.max_question_tokens}")  # fmt: skip
+
+    def to_manifest(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_manifest(cls, manifest: dict) -> "LlmBudgets | None":
+        """A build's LLM-mode budgets; None when it was exported without --llm-mode."""
+        recorded = manifest.get("llm_mode")
+        return None if recorded is None else cls(**{f: recorded[f] for f in asdict(cls()) if f in recorded})
