@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -81,9 +82,11 @@ class GreedyDecoder:
             rows[fake] = table[ids[fake] - self.vocab_size]
         return rows
 
-    def generate(self, requests: list[Request]) -> list[list[int]]:
+    def generate(self, requests: list[Request],
+                 on_tokens: Callable[[dict[int, int]], object] | None = None) -> list[list[int]]:  # fmt: skip
         """Greedy ids per request, without the end id: all requests prefilled together, then decoded one
-        token per step, each row leaving the batch when it emits its end_id or reaches max_new_tokens."""
+        token per step, each row leaving the batch when it emits its end_id or reaches max_new_tokens.
+        on_tokens: called after every step with that step's new tokens, {request index: token} (streaming)."""
         results: list[list[int]] = [[] for _ in requests]
         live = np.array([i for i, r in enumerate(requests) if r.max_new_tokens > 0], dtype=np.int64)
         if len(live) == 0:
@@ -105,8 +108,11 @@ class GreedyDecoder:
         while True:
             tokens = logits.argmax(axis=-1)
             keep = tokens != end_ids[live]
-            for i, token in zip(live[keep], tokens[keep]):
-                results[i].append(int(token))
+            step = {int(i): int(token) for i, token in zip(live[keep], tokens[keep])}
+            for i, token in step.items():
+                results[i].append(token)
+            if on_tokens and step:
+                on_tokens(step)
             keep &= np.array([len(results[i]) < budgets[i] for i in live])
             if not keep.any():
                 return results

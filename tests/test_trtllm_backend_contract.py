@@ -27,6 +27,7 @@ TEMPLATE = ("triton_backend/all_models/inflight_batcher_llm/tensorrt_llm/config.
             "2a9abd9536aa62ad3e4b9314be9286b1b1be523b")  # fmt: skip
 INFLIGHT_BATCHING = ("cpp/tensorrt_llm/batch_manager/trtGptModelInflightBatching.cpp",
                      "b35ac1b64368513d215c57d2ed01d62d910df8da")  # fmt: skip
+LLM_REQUEST = ("cpp/tensorrt_llm/batch_manager/llmRequest.cpp", "89fd9b74ab7ae753b4c6b3db25a400dca7ea54a0")
 
 # Read with GetParameter outside any try/catch: absent -> "Cannot find parameter with name: <name>" and
 # "unexpected error when creating modelInstanceState" at load. name -> (type, reading function, source).
@@ -140,6 +141,36 @@ REQUIRED_OUTPUTS = {"output_ids", "sequence_length"}
 ENGINE_TABLE_DTYPE = {"float16": mc.TYPE_FP16, "bfloat16": mc.TYPE_BF16, "float32": mc.TYPE_FP32}
 
 
+# What a decoupled model (llm_decoder) sends for one sequence. model_instance_state.cc fillTritonResponse: every
+# response holds output_ids [1, beams, n] = the executor Result's outputTokenIds and sequence_length [1, beams] = n,
+# that response's own token count; WaitForResponse sends Result.isFinal with TRITONSERVER_RESPONSE_COMPLETE_FINAL
+# (the last sequence of a request) and every other response with flags 0; an executor error is one final error
+# response. LLM_REQUEST LlmRequest::createResult: not streaming, one Result when the request finishes, holding
+# every token (the prompt too, unless exclude_input_in_output); streaming, a Result whenever the sequence grew
+# since the last one, holding only the new tokens (maxNbTokens - getMaxSentTokenLen()), and one when it finishes,
+# whatever it holds. The executor stops at end_id without outputting it (maintainers, NVIDIA/TensorRT-LLM#2190):
+# the step that meets it adds no token, so the final Result then holds none.
+STREAMING_SOURCES = (MODEL_INSTANCE_STATE, LLM_REQUEST, ("issue", "NVIDIA/TensorRT-LLM#2190"))
+
+
+def backend_responses(generated: list[int], request_output_len: int, streaming: bool) -> list[tuple[list[int], int, bool]]:
+    """(output_ids[0, 0], sequence_length[0, 0], final flag) per response, in order, for one sequence whose greedy
+    ids are `generated` (end_id excluded) with exclude_input_in_output true, by the rules above."""
+    if not streaming:
+        return [(generated, len(generated), True)]
+    responses = [([token], 1, False) for token in generated]  # greedy: one new token per engine step
+    if generated and len(generated) == request_output_len:  # finished by its length: the flag rides on the last token
+        return responses[:-1] + [([generated[-1]], 1, True)]
+    return responses + [([], 0, True)]  # finished at end_id: an empty final response
+
+
+def test_backend_responses():
+    assert backend_responses([5, 6], 2, streaming=False) == [([5, 6], 2, True)]
+    assert backend_responses([5, 6], 2, streaming=True) == [([5], 1, False), ([6], 1, True)]
+    assert backend_responses([5], 4, streaming=True) == [([5], 1, False), ([], 0, True)]
+    assert backend_responses([], 4, streaming=True) == [([], 0, True)]
+
+
 def parse(kind: str, name: str, value: str):
     """`value` as the backend reads a parameter of this kind (stricter: no trailing garbage, which std::stoi
     would drop). Raises ValueError where the backend would throw or fall back to the default."""
@@ -209,7 +240,7 @@ def test_contract_data_is_consistent():
     assert not set(REQUIRED) & set(OPTIONAL) and not set(REQUIRED_IN_FACT) & set(OPTIONAL)
     assert set(MUST_NOT_SET) - {"worker_path"} <= KNOWN
     assert all(re.fullmatch(r"[0-9a-f]{40}", sha) for _, sha in
-               (MODEL_INSTANCE_STATE, MODEL_STATE, UTILS_CC, UTILS_H, TEMPLATE, INFLIGHT_BATCHING))  # fmt: skip
+               (MODEL_INSTANCE_STATE, MODEL_STATE, UTILS_CC, UTILS_H, TEMPLATE, INFLIGHT_BATCHING, LLM_REQUEST))  # fmt: skip
     assert parse("bool", "x", "TRUE") is True and parse("bool", "x", "0") is False
     for kind, bad in (("bool", "yes"), ("bool", ""), ("int32", "12abc"), ("int32", "${n}"), ("fraction", "1.0"),
                       ("choice", "inflight")):  # fmt: skip
@@ -263,6 +294,11 @@ def test_batching_policy(decoder, gpu_build):
 
 
 def test_tensors_match_the_template(decoder):
+    _check_tensors(decoder)
+    assert {i.name: i for i in decoder.input}["prompt_embedding_table"].allow_ragged_batch
+
+
+def _check_tensors(decoder: mc.ModelConfig) -> None:
     inputs = {i.name: i for i in decoder.input}
     assert REQUIRED_INPUTS <= set(inputs) and set(inputs) <= set(TEMPLATE_INPUTS)
     for name, tensor in inputs.items():
@@ -272,9 +308,24 @@ def test_tensors_match_the_template(decoder):
         assert list(tensor.dims) == dims, name
         assert (list(tensor.reshape.shape) if tensor.HasField("reshape") else None) == reshape, name
         assert tensor.optional <= optional, f"{name}: optional here, required in the template"
-    assert inputs["input_ids"].allow_ragged_batch and inputs["prompt_embedding_table"].allow_ragged_batch
+    assert inputs["input_ids"].allow_ragged_batch
     outputs = {o.name: (o.data_type, list(o.dims)) for o in decoder.output}
     assert REQUIRED_OUTPUTS <= set(outputs) and outputs.items() <= TEMPLATE_OUTPUTS.items()
+
+
+def test_llm_decoder_is_decoupled_streams_and_parses(tiny_checkpoint, tmp_path):
+    """--llm-mode's base LLM: the same template filled for its own engine, decoupled (utils.cc
+    createRequestsFromInputTensors refuses `streaming` otherwise), with the streaming input and no prompt table."""
+    export(tiny_checkpoint.path, tmp_path, target="gpu", preset="h100", dry_run=True, llm_mode=True, log=lambda line: None)
+    llm = _load(tmp_path / "model_repository", "llm_decoder")
+    params = {k: v.string_value for k, v in llm.parameters.items()}
+    assert llm.backend == "tensorrtllm" and llm.model_transaction_policy.decoupled
+    _check_tensors(llm)
+    assert "streaming" in {i.name for i in llm.input} and "prompt_embedding_table" not in {i.name for i in llm.input}
+    assert set(params) <= KNOWN and all(name in params for name in (*REQUIRED, *REQUIRED_IN_FACT))
+    parsed = {name: parse(kind_of(name), name, value) for name, value in params.items()}
+    assert parsed["exclude_input_in_output"] is True  # backend_responses: generated tokens only
+    assert parsed["gpt_model_path"] == str((tmp_path / read_export_info(tmp_path)["llm_decoder_engine"]).resolve())
 
 
 def test_cuda_graphs_can_be_switched_off(gpu_build, tmp_path):

@@ -5,6 +5,9 @@ BUILD/ after a CPU build: encoder.onnx, decoder.onnx (+ their *_int8.onnx with -
 embed_tokens.npy, tokenizer/, export.json (what the runtime needs to know) and model_repository/.
 A GPU build has encoder.onnx -> encoder.plan (TensorRT Python API), hf_llm/ (the merged HF Qwen3 checkpoint),
 trtllm_checkpoint/ and trtllm_engine/ instead of the decoder ONNX files.
+`--llm-mode` adds the base LLM (LoRA off) as a second decoder, llm_decoder: llm_decoder.onnx (CPU; it shares
+embed_tokens.npy) or hf_llm_base/ -> trtllm_llm_checkpoint/ -> trtllm_llm_engine/ (GPU), and export.json's
+"llm_mode" budgets (contract.LlmBudgets).
 
 A GPU build runs in two stages when one machine cannot hold both software stacks: `prepare` (the steps
 that need PyTorch and NeMo: encoder ONNX, merged HF checkpoint, configs; any machine with
@@ -25,13 +28,14 @@ from typing import Callable
 
 from ..checkpoint import Checkpoint
 from ..contract import (DECODER_INT8_ONNX, DECODER_ONNX, EMBEDDINGS, ENCODER_INT8_ONNX, ENCODER_ONNX, ENCODER_PLAN,
-                        EXPORT_INFO, HF_LLM_DIR, MAX_NEW_TOKENS, MODEL_REPOSITORY, TOKENIZER_DIR, TRTLLM_CHECKPOINT_DIR,
-                        TRTLLM_ENGINE_DIR, Budgets)
+                        EXPORT_INFO, HF_BASE_LLM_DIR, HF_LLM_DIR, LLM_DECODER_INT8_ONNX, LLM_DECODER_ONNX, MAX_NEW_TOKENS,
+                        MODEL_REPOSITORY, TOKENIZER_DIR, TRTLLM_BASE_CHECKPOINT_DIR, TRTLLM_BASE_ENGINE_DIR,
+                        TRTLLM_CHECKPOINT_DIR, TRTLLM_ENGINE_DIR, Budgets, LlmBudgets)
 from ..export_info import read_export_info, write_export_info
 from ..tokenizer import copy_tokenizer_files
 from . import decoder_onnx, encoder_onnx
 from ..errors import InvalidInput, MissingFile
-from .repository import write_model_repository
+from .repository import LLM_MODE_MODELS, write_model_repository
 
 # --precision per target: int8 means 8-bit weights (CPU: encoder and decoder; GPU: the LLM, W8A16).
 PRECISIONS = {"cpu": ("fp32", "int8"), "gpu": ("fp16", "bf16", "fp8", "int8")}
@@ -57,7 +61,7 @@ class Step:
 
 
 def plan(checkpoint: Checkpoint, out: Path, target: str, precision: str | None, preset_name: str | None,
-         max_new_tokens: int = MAX_NEW_TOKENS, calib_dataset: Path | None = None) -> list[Step]:
+         max_new_tokens: int = MAX_NEW_TOKENS, calib_dataset: Path | None = None, llm_mode: bool = False) -> list[Step]:
     if target not in PRECISIONS:
         raise InvalidInput(f"unknown target {target!r}; choose cpu or gpu")
     precision = precision or PRECISIONS[target][0]
@@ -72,39 +76,54 @@ def plan(checkpoint: Checkpoint, out: Path, target: str, precision: str | None, 
     manifest = {"target": target, "precision": precision, "checkpoint": str(checkpoint.path),
                 "vocab_size": llm["vocab_size"], "hidden_size": hidden, "encoder": ENCODER_ONNX,
                 "tokenizer": TOKENIZER_DIR}  # fmt: skip
+    if llm_mode:
+        manifest["llm_mode"] = LlmBudgets().to_manifest()
 
     if target == "cpu":
         if calib_dataset is not None:
             raise InvalidInput("--calib-dataset calibrates the GPU build's FP8 LLM; it does not apply to --target cpu")
         manifest["budgets"] = Budgets(max_new_tokens=max_new_tokens).to_manifest()
         layers, kv_heads, head_dim = llm["num_hidden_layers"], llm["num_key_value_heads"], llm.get("head_dim") or hidden // llm["num_attention_heads"]
-        steps.append(Step(
-            "decoder ONNX (Qwen3, LoRA merged, explicit KV cache) + embed_tokens.npy",
-            f"inputs_embeds f32 [B, S, {hidden}] + attention_mask i64 [B, P+S] + position_ids i64 [B, S] + "
-            f"{layers} x past key/value f32 [B, {kv_heads}, P, {head_dim}] -> logits f32 [B, {llm['vocab_size']}] + present",
-            action=lambda: decoder_onnx.export_decoder_onnx(checkpoint, out),
-        ))  # fmt: skip
+        graph = (f"inputs_embeds f32 [B, S, {hidden}] + attention_mask i64 [B, P+S] + position_ids i64 [B, S] + "
+                 f"{layers} x past key/value f32 [B, {kv_heads}, P, {head_dim}] -> logits f32 [B, {llm['vocab_size']}] + present")  # fmt: skip
+        steps.append(Step("decoder ONNX (Qwen3, LoRA merged, explicit KV cache) + embed_tokens.npy", graph,
+                          action=lambda: decoder_onnx.export_decoder_onnx(checkpoint, out)))  # fmt: skip
         manifest.update(decoder=DECODER_ONNX, embeddings=EMBEDDINGS)
+        if llm_mode:
+            steps.append(Step("LLM-mode decoder ONNX (base Qwen3, LoRA off; shares embed_tokens.npy)", graph,
+                              action=lambda: decoder_onnx.export_decoder_onnx(checkpoint, out, lora=False)))  # fmt: skip
+            manifest["llm_decoder"] = LLM_DECODER_ONNX
         if precision == "int8":
-            from . import quantize
-
-            steps.append(Step("encoder int8 weights (dynamic int8 MatMuls; front end and attention fp32)", ENCODER_INT8_ONNX,
-                              action=lambda: quantize.quantize_encoder_int8(out / ENCODER_ONNX, out / ENCODER_INT8_ONNX)))  # fmt: skip
-            steps.append(Step("decoder int8 weights (MatMulNBits, 8 bit, block 128, int8 compute)", DECODER_INT8_ONNX,
-                              action=lambda: quantize.quantize_decoder_int8(out / DECODER_ONNX, out / DECODER_INT8_ONNX)))  # fmt: skip
-            manifest.update(encoder=ENCODER_INT8_ONNX, decoder=DECODER_INT8_ONNX)
+            steps += _cpu_int8_steps(out, manifest, llm_mode)
     else:
-        steps += _gpu_steps(checkpoint, out, precision, preset_name or DEFAULT_PRESET, manifest, max_new_tokens, calib_dataset)
+        steps += _gpu_steps(checkpoint, out, precision, preset_name or DEFAULT_PRESET, manifest, max_new_tokens,
+                            calib_dataset, llm_mode)  # fmt: skip
 
     steps.append(Step("tokenizer", f"{checkpoint.llm_path} -> {TOKENIZER_DIR}/",
                       action=lambda: copy_tokenizer_files(checkpoint.llm_path, out / TOKENIZER_DIR), cheap=True))  # fmt: skip
     steps.append(Step("manifest", json.dumps(manifest), action=lambda: write_export_info(out, manifest), cheap=True))
-    steps.append(Step(f"Triton model repository ({target} flavour)", f"{out / MODEL_REPOSITORY}: {', '.join(MODELS)}",
+    models = MODELS + (LLM_MODE_MODELS if llm_mode else ())
+    steps.append(Step(f"Triton model repository ({target} flavour)", f"{out / MODEL_REPOSITORY}: {', '.join(models)}",
                       action=lambda: write_model_repository(out, manifest), cheap=True))  # fmt: skip
     return steps
 
 
-def _gpu_steps(checkpoint, out, precision, preset_name, manifest, max_new_tokens, calib_dataset) -> list[Step]:
+def _cpu_int8_steps(out, manifest, llm_mode) -> list[Step]:
+    from . import quantize
+
+    decoders = [(DECODER_ONNX, DECODER_INT8_ONNX)] + ([(LLM_DECODER_ONNX, LLM_DECODER_INT8_ONNX)] if llm_mode else [])
+    steps = [Step("encoder int8 weights (dynamic int8 MatMuls; front end and attention fp32)", ENCODER_INT8_ONNX,
+                  action=lambda: quantize.quantize_encoder_int8(out / ENCODER_ONNX, out / ENCODER_INT8_ONNX))]  # fmt: skip
+    steps += [Step(f"{fp32.removesuffix('.onnx')} int8 weights (MatMulNBits, 8 bit, block 128, int8 compute)", int8,
+                   action=lambda fp32=fp32, int8=int8: quantize.quantize_decoder_int8(out / fp32, out / int8))
+              for fp32, int8 in decoders]  # fmt: skip
+    manifest.update(encoder=ENCODER_INT8_ONNX, decoder=DECODER_INT8_ONNX)
+    if llm_mode:
+        manifest["llm_decoder"] = LLM_DECODER_INT8_ONNX
+    return steps
+
+
+def _gpu_steps(checkpoint, out, precision, preset_name, manifest, max_new_tokens, calib_dataset, llm_mode) -> list[Step]:
     from . import hf_checkpoint, tensorrt, trtllm
     from .presets import get_preset
 
@@ -127,24 +146,43 @@ def _gpu_steps(checkpoint, out, precision, preset_name, manifest, max_new_tokens
              f"max_seq_len {preset.max_seq_len}, max_prompt_embedding_table_size {preset.max_prompt_embedding_table_size} "
              f"({preset.audio_rows} audio rows x {preset.llm_max_batch})",
              command=lambda: trtllm.build_command(ckpt_dir, engine_dir, preset), engine=True),
+    ] + (_gpu_llm_mode_steps(checkpoint, out, preset, manifest, calibration) if llm_mode else [])  # fmt: skip
+
+
+def _gpu_llm_mode_steps(checkpoint, out, preset, manifest, calibration) -> list[Step]:
+    """The base LLM's engine: the ASR LLM's flow without the LoRA and without a prompt table (text only)."""
+    from . import hf_checkpoint, trtllm
+
+    budgets = LlmBudgets.from_manifest(manifest)
+    hf_dir, ckpt_dir, engine_dir = out / HF_BASE_LLM_DIR, out / TRTLLM_BASE_CHECKPOINT_DIR, out / TRTLLM_BASE_ENGINE_DIR
+    manifest["llm_decoder_engine"] = engine_dir.name
+    return [
+        Step("base HF Qwen3 checkpoint (LoRA off, float16, explicit lm_head)", str(hf_dir),
+             action=lambda: hf_checkpoint.write_merged_hf_checkpoint(checkpoint, hf_dir, "float16", lora=False)),
+        Step(f"base-LLM TensorRT-LLM checkpoint (quantization: {preset.llm_quantization})", str(ckpt_dir),
+             command=lambda: trtllm.convert_command(hf_dir, ckpt_dir, preset, calibration), engine=True),
+        Step("base-LLM TensorRT-LLM engine", f"max_batch_size {preset.llm_max_batch}, max_input_len "
+             f"{budgets.max_input_len}, max_seq_len {budgets.max_context_tokens}, no prompt table",
+             command=lambda: trtllm.build_command(ckpt_dir, engine_dir, preset, budgets), engine=True),
     ]  # fmt: skip
 
 
 def export(checkpoint_dir, out, target: str = "cpu", precision: str | None = None, preset: str | None = None,
            dry_run: bool = False, log=print, stage: str = "all", max_new_tokens: int = MAX_NEW_TOKENS,
-           calib_dataset: Path | None = None) -> list[Step]:  # fmt: skip
+           calib_dataset: Path | None = None, llm_mode: bool = False) -> list[Step]:  # fmt: skip
     """`stage` (GPU): all | prepare | engines, see the module doc. `max_new_tokens`: the build's budget per
-    request (the GPU engine's max_seq_len follows). `calib_dataset`: a local text data set, for fp8 only."""
+    request (the GPU engine's max_seq_len follows). `calib_dataset`: a local text data set, for fp8 only.
+    `llm_mode`: add the base LLM (llm_decoder) for the model card's LLM mode (module doc)."""
     if stage not in STAGES:
         raise InvalidInput(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
     if stage != "all" and target != "gpu":
         raise InvalidInput(f"--stage {stage} splits a GPU build; a CPU build has one stage")
     checkpoint = Checkpoint.open(checkpoint_dir)
     out = Path(out).resolve()
-    steps = [step for step in plan(checkpoint, out, target, precision, preset, max_new_tokens, calib_dataset)
+    steps = [step for step in plan(checkpoint, out, target, precision, preset, max_new_tokens, calib_dataset, llm_mode)
              if stage == "all" or step.engine == (stage == "engines")]  # fmt: skip
     if stage == "engines" and not dry_run:
-        _check_prepared(out, checkpoint, precision or PRECISIONS[target][0], preset or DEFAULT_PRESET)
+        _check_prepared(out, checkpoint, precision or PRECISIONS[target][0], preset or DEFAULT_PRESET, llm_mode)
     if stage != "engines" and not dry_run and importlib.util.find_spec("nemo") is None:
         # e.g. `--stage all` in the NGC container: say so now, not after the GPU stack checks
         raise MissingFile("the encoder ONNX export needs NeMo (nemo-toolkit[asr], in canary-trt[full]); in the "
@@ -181,14 +219,16 @@ def _make_readable(out: Path, since: float) -> None:
             path.chmod(0o755 if path.is_dir() else 0o644)
 
 
-def _check_prepared(out: Path, checkpoint: Checkpoint, precision: str, preset: str) -> None:
-    """The `engines` stage builds on a `prepare` of the same checkpoint, precision and preset."""
-    missing = [name for name in (ENCODER_ONNX, HF_LLM_DIR, EXPORT_INFO) if not (out / name).exists()]
+def _check_prepared(out: Path, checkpoint: Checkpoint, precision: str, preset: str, llm_mode: bool) -> None:
+    """The `engines` stage builds on a `prepare` of the same checkpoint, precision, preset and --llm-mode."""
+    needed = (ENCODER_ONNX, HF_LLM_DIR, EXPORT_INFO) + ((HF_BASE_LLM_DIR,) if llm_mode else ())
+    missing = [name for name in needed if not (out / name).exists()]
     if missing:
         raise MissingFile(f"{out} lacks {', '.join(missing)}: run `canary-trt export --target gpu --stage prepare` "
                                 "into it first")  # fmt: skip
-    prepared = read_export_info(out)
-    wanted = {"checkpoint": str(checkpoint.path), "precision": precision, "preset": preset}
+    manifest = read_export_info(out)
+    prepared = {**manifest, "llm_mode": "llm_mode" in manifest}
+    wanted = {"checkpoint": str(checkpoint.path), "precision": precision, "preset": preset, "llm_mode": llm_mode}
     differ = {key: prepared.get(key) for key, value in wanted.items() if prepared.get(key) != value}
     if differ:
         raise InvalidInput(f"{out} was prepared with {differ}, not {', '.join(f'{k} {wanted[k]}' for k in differ)}: "

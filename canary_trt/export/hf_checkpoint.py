@@ -1,5 +1,6 @@
-"""The checkpoint's LLM as a standard Hugging Face Qwen3 directory with the LoRA merged: the input of
-TensorRT-LLM's converter, and loadable by any Qwen3 runtime.
+"""The checkpoint's LLM as a standard Hugging Face Qwen3 directory with the LoRA merged (hf_llm/), or for
+`--llm-mode` without it (hf_llm_base/: the base LLM, LoRA off): the input of TensorRT-LLM's converter, and
+loadable by any Qwen3 runtime.
 
 The head is written out: `lm_head.weight` (a copy of the embedding) with `tie_word_embeddings: false`.
 TensorRT-LLM's converter maps a missing head to the embedding only for qwen2, not for qwen3
@@ -18,11 +19,12 @@ DTYPES = ("float16", "bfloat16", "float32")  # float32 only for exact parity tes
 
 
 def write_merged_hf_checkpoint(checkpoint: Checkpoint, out_dir: str | Path, dtype: str = "float16",
-                               weights: dict | None = None) -> Path:  # fmt: skip
+                               weights: dict | None = None, lora: bool = True) -> Path:  # fmt: skip
     """Write config.json, model.safetensors, generation_config.json and the tokenizer files to out_dir.
 
     `weights` (the checkpoint's LLM tensors, `Checkpoint.read_weights(LLM_KEYS)`) saves reading them again when
-    writing several variants. Memory: the source tensors plus ONE merged copy in `dtype`, plus the head.
+    writing several variants. lora=False: the base weights as stored (a merge at scale 0 is W + 0 = W).
+    Memory: the source tensors plus ONE merged copy in `dtype`, plus the head.
     """
     import torch
     from safetensors.torch import save_file
@@ -34,7 +36,7 @@ def write_merged_hf_checkpoint(checkpoint: Checkpoint, out_dir: str | Path, dtyp
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     state = merged_llm_weights(checkpoint.read_weights(LLM_KEYS) if weights is None else weights,
-                               checkpoint.lora_scale, getattr(torch, dtype))  # fmt: skip
+                               checkpoint.lora_scale if lora else 0.0, getattr(torch, dtype))  # fmt: skip
     state["lm_head.weight"] = state["model.embed_tokens.weight"].clone()  # safetensors refuses shared storage
     save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
     del state

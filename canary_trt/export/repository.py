@@ -1,6 +1,10 @@
 """Fill the model_repository/ templates into BUILD/model_repository: the one tool that writes Triton
 configs (in the spirit of tensorrtllm_backend's fill_template, but strict: an unfilled `${name}` is an
-error here, not a broken `data_type` at load time)."""
+error here, not a broken `data_type` at load time).
+
+The decoder template (cpu/decoder, gpu/decoder) is filled once per decoder the build has: `decoder` (ASR, LoRA
+merged, audio in its prompt table, one response per request) and, in a build exported with --llm-mode,
+`llm_decoder` (the base LLM: text only, decoupled, streaming). The other LLM-mode models are skipped otherwise."""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from ..contract import CLIPS_PER_REQUEST, MAX_LONG_AUDIO_SECONDS, MODEL_REPOSITORY, Budgets
+from ..contract import CHAT_MODEL, CLIPS_PER_REQUEST, LLM_DECODER, MAX_LONG_AUDIO_SECONDS, MODEL_REPOSITORY, Budgets
 from ..longform import served_options
 
 LAYERS = {"cpu": ("common", "cpu"), "gpu": ("common", "gpu")}
@@ -18,6 +22,18 @@ LAYERS = {"cpu": ("common", "cpu"), "gpu": ("common", "gpu")}
 # flavours; queue_policy: every dynamic batcher's bounded queue).
 DECODER_IO = "common/decoder_io.pbtxt"
 QUEUE_POLICY = "common/queue_policy.pbtxt"
+# The decoders' inputs beyond decoder_io, each filled in as ${decoder_extra_io}: the ASR decoder's prompt table
+# (the audio rows); llm_decoder's `streaming` flag (its engine has no prompt table, so Triton refuses one by name).
+PROMPT_TABLE_IO = "common/prompt_table_io.pbtxt"
+STREAMING_IO = "common/streaming_io.pbtxt"
+DECODER_TEMPLATE = "decoder"
+# The models filled from it: name -> (decoupled, the CPU model's `mode` parameter, its extra inputs, the manifest
+# key of its GPU engine). llm_decoder is decoupled so that answers stream (serving/decoder.py, gpu/decoder).
+DECODERS = {"decoder": (False, "asr", PROMPT_TABLE_IO, "llm_engine"),
+            LLM_DECODER: (True, "llm", STREAMING_IO, "llm_decoder_engine")}  # fmt: skip
+# Written only into a build exported with --llm-mode (its manifest has "llm_mode"): the base LLM and the chat
+# BLS model that calls it (serving/chat.py, template common/canary_qwen_chat).
+LLM_MODE_MODELS = (LLM_DECODER, CHAT_MODEL)
 # CPU: the decoder works through every request the batcher hands over at once, so a short wait to
 # gather concurrent requests costs little next to seconds of decoding. GPU: in-flight batching needs none.
 QUEUE_DELAY_US = {"cpu": 20_000, "gpu": 1_000}
@@ -71,7 +87,6 @@ def values_for(manifest: dict, build: Path, overrides: dict | None = None) -> di
         values.update(max_batch_size=CPU_MAX_BATCH, encoder_max_batch_size=CPU_MAX_BATCH, threads=0)  # 0: ORT's default
     else:
         values.update(max_batch_size=manifest["max_batch_size"], encoder_max_batch_size=manifest["encoder_max_batch_size"],
-                      llm_engine_dir=str((build / manifest["llm_engine"]).resolve()),
                       kv_cache_free_gpu_mem_fraction=manifest["kv_cache_free_gpu_mem_fraction"],
                       decoder_queue_delay_us=GPU_DECODER_QUEUE_DELAY_US,
                       decoder_cuda_graph_mode=str(GPU_DECODER_CUDA_GRAPHS).lower(),
@@ -86,22 +101,43 @@ def values_for(manifest: dict, build: Path, overrides: dict | None = None) -> di
     return values
 
 
+def decoder_values(manifest: dict, build: Path) -> dict[str, dict[str, str]]:
+    """The decoder template's own values for each decoder model of this build (GPU: each its own engine)."""
+    names = ["decoder"] + ([LLM_DECODER] if "llm_mode" in manifest else [])
+    values = {}
+    for name in names:
+        decoupled, mode, extra_io, engine = DECODERS[name]
+        values[name] = {"model_name": name, "decoupled": str(decoupled).lower(), "decoder_mode": mode,
+                        "decoder_extra_io": (templates() / extra_io).read_text(encoding="utf-8")}  # fmt: skip
+        if manifest["target"] == "gpu":
+            values[name]["llm_engine_dir"] = str((build / manifest[engine]).resolve())
+    return values
+
+
 def write_model_repository(build: Path, manifest: dict, overrides: dict | None = None, out: Path | None = None) -> Path:
     """Fill the templates into `out` (default BUILD/model_repository), replaced if it exists."""
     flavour = manifest["target"]
     values = values_for(manifest, build, overrides)
+    decoders = decoder_values(manifest, build)
     out = Path(out) if out is not None else build / MODEL_REPOSITORY
     if out.exists():
         shutil.rmtree(out)
     for layer in LAYERS[flavour]:
         for model in sorted(p for p in (templates() / layer).iterdir() if (p / "config.pbtxt").is_file()):
-            shutil.copytree(model, out / model.name, ignore=shutil.ignore_patterns("__pycache__"))
-            config = out / model.name / "config.pbtxt"
-            config.write_text(fill(config.read_text(encoding="utf-8"), values, config), encoding="utf-8")
-            (out / model.name / "1").mkdir(exist_ok=True)  # Triton needs a version directory, ensembles too
+            if model.name in LLM_MODE_MODELS and "llm_mode" not in manifest:
+                continue
+            for name, own in (decoders.items() if model.name == DECODER_TEMPLATE else [(model.name, {})]):
+                _write_model(model, out / name, {**values, **own})
     if flavour == "gpu":  # the engine is built beside the repository; link it where tensorrt_plan looks
         (out / "encoder" / "1" / "model.plan").symlink_to(Path("..", "..", "..", manifest["encoder_engine"]))
     return out
+
+
+def _write_model(template: Path, target: Path, values: dict[str, str]) -> None:
+    shutil.copytree(template, target, ignore=shutil.ignore_patterns("__pycache__"))
+    config = target / "config.pbtxt"
+    config.write_text(fill(config.read_text(encoding="utf-8"), values, config), encoding="utf-8")
+    (target / "1").mkdir(exist_ok=True)  # Triton needs a version directory, ensembles too
 
 
 def fill(text: str, values: dict[str, str], source: Path) -> str:

@@ -1,4 +1,5 @@
-"""The LLM engine with TensorRT-LLM's engine flow: merged HF Qwen3 directory -> TRT-LLM checkpoint -> engine.
+"""The LLM engines with TensorRT-LLM's engine flow: HF Qwen3 directory -> TRT-LLM checkpoint -> engine. Every
+build has the ASR engine (LoRA merged, prompt table for the audio); `--llm-mode` adds the base LLM's (text only).
 
 Both steps are commands, so a dry run prints exactly what a build runs (docs/GPU.md#llm-engine):
 1. convert: TensorRT-LLM's Python API, `QWenForCausalLM.from_hugging_face(...)` + `save_checkpoint`, or
@@ -15,6 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..contract import LlmBudgets
 from ..errors import InvalidInput, MissingFile
 from .presets import LLM_DTYPE, LLM_QUANTIZATIONS, MissingToolError, Preset, require_module
 
@@ -98,7 +100,12 @@ def convert_command(hf_dir: Path, ckpt_dir: Path, preset: Preset, calib_dataset:
     return command
 
 
-def build_command(ckpt_dir: Path, engine_dir: Path, preset: Preset) -> list[str]:
+def build_command(ckpt_dir: Path, engine_dir: Path, preset: Preset, llm_mode: LlmBudgets | None = None) -> list[str]:
+    """The ASR engine's trtllm-build, or with `llm_mode` the base LLM's: the same batch, plugins and
+    quantization, shaped by the LLM-mode context instead of the audio budgets, and without a prompt table.
+    Flags as parsed by tensorrt_llm/commands/build.py (NVIDIA/TensorRT-LLM @ 65f1d1536e18aea3380e6e270e00895a709333eb):
+    --max_input_len, --max_seq_len, --max_batch_size, --max_num_tokens, --max_prompt_embedding_table_size
+    are plain ints there; a table size of 0 (BuildConfig's default) builds no prompt-tuning input at all."""
     quantization = QUANTIZATIONS[preset.llm_quantization]
     flags = {
         "checkpoint_dir": ckpt_dir,
@@ -112,10 +119,11 @@ def build_command(ckpt_dir: Path, engine_dir: Path, preset: Preset) -> list[str]
         "use_fp8_context_fmha": quantization.fp8_context_fmha,
         "max_beam_width": 1,  # greedy, as the reference and the Triton config
         "max_batch_size": preset.llm_max_batch,
-        "max_input_len": preset.max_input_len,
-        "max_seq_len": preset.max_seq_len,
+        "max_input_len": preset.max_input_len if llm_mode is None else llm_mode.max_input_len,
+        "max_seq_len": preset.max_seq_len if llm_mode is None else llm_mode.max_context_tokens,
+        # 8192 or more on every preset: a full LLM-mode prompt (8191 tokens) fits one step (tests/test_llm_export.py)
         "max_num_tokens": preset.max_num_tokens,
-        "max_prompt_embedding_table_size": preset.max_prompt_embedding_table_size,
+        "max_prompt_embedding_table_size": preset.max_prompt_embedding_table_size if llm_mode is None else 0,
     }
     return ["trtllm-build", *(arg for name, value in flags.items() for arg in (f"--{name}", str(value)))]
 
