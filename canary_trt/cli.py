@@ -39,12 +39,17 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("--calib-dataset", type=Path,
                     help="gpu --precision fp8: a local text data set for the LLM's FP8 calibration (a directory "
                     "`datasets.load_dataset` reads, with a train split and a `text` column); required for fp8")  # fmt: skip
+    ex.add_argument("--llm-mode", action="store_true",
+                    help="also export the base LLM (LoRA off) for the model card's LLM mode: llm_decoder "
+                         "(CPU fp32 full size: ~6.9 GB more; docs/SERVING.md#llm-mode-build)")  # fmt: skip
     ex.add_argument("--dry-run", action="store_true", help="print every step, command and shape; run nothing")
     ex.set_defaults(run=_export)
 
     demo = commands.add_parser("demo", help="the main job: export, serve, transcribe LibriVox speech over gRPC")
     demo.add_argument("--checkpoint", type=Path, help="a real checkpoint (default: a random tiny one)")
     demo.add_argument("--work", type=Path, default=Path("build/demo"), help="where checkpoints and builds go")
+    demo.add_argument("--llm-mode", action=argparse.BooleanOptionalAction, default=None,
+                      help="also export and show LLM mode (default: on with the random checkpoint, off with a real one)")
     demo.set_defaults(run=_demo)
 
     tr = commands.add_parser("transcribe", help="transcribe audio files")
@@ -123,14 +128,14 @@ def _make_checkpoint(args) -> None:
 def _demo(args) -> None:
     from .demo import run
 
-    run(args.checkpoint, args.work)
+    run(args.checkpoint, args.work, args.llm_mode)
 
 
 def _export(args) -> None:
     from .export.build import export
 
     export(args.checkpoint, args.out, args.target, args.precision, args.preset, args.dry_run, stage=args.stage,
-           max_new_tokens=args.max_new_tokens, calib_dataset=args.calib_dataset)
+           max_new_tokens=args.max_new_tokens, calib_dataset=args.calib_dataset, llm_mode=args.llm_mode)
     if not args.dry_run:
         print(f"build written to {args.out.resolve()}")
 

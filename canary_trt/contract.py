@@ -48,6 +48,9 @@ OUTPUT_TRANSCRIPT_TOKEN_IDS, OUTPUT_FINISH_REASON, OUTPUT_PROMPT_TOKENS = "TRANS
 # STREAM=true: before the final response, one response per piece of text: DELTA_TEXT and its DELTA_KIND
 OUTPUT_DELTA_TEXT, OUTPUT_DELTA_KIND = "DELTA_TEXT", "DELTA_KIND"  # kind: "reasoning" or "answer"
 FINISH_STOP, FINISH_LENGTH = "stop", "length"  # ended at <|im_end|> / at its new-token budget (OpenAI's words)
+# A gRPC stream carries an error's message but not its code: CHAT_MODEL starts a refusal's message with this, so
+# that clients tell the request's own fault (INVALID_ARGUMENT) from a failure.
+STREAM_REFUSAL = "INVALID_ARGUMENT: "
 
 # The build folder (BUILD/...): written by `canary-trt export`, read by the runtimes and the python models.
 EXPORT_INFO = "export.json"
@@ -155,6 +158,11 @@ class LlmBudgets:
         if self.max_context_tokens <= self.max_question_tokens:
             raise InvalidInput(f"LLM-mode max_context_tokens {self.max_context_tokens} must exceed max_question_tokens "
                                f"{self.max_question_tokens}")  # fmt: skip
+
+    @property
+    def max_input_len(self) -> int:
+        """The longest prompt: one new token must still fit the context (the base-LLM engine's max_input_len)."""
+        return self.max_context_tokens - 1
 
     def to_manifest(self) -> dict:
         return asdict(self)

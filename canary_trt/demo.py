@@ -1,7 +1,10 @@
 """`canary-trt demo`: the main job end to end on this machine.
 
 checkpoint (random tiny unless given) -> CPU export -> the bundled Triton server -> gRPC transcription of
-the LibriVox clips of Debian's pocketsphinx-testdata -> transcripts and a timing table -> server stopped.
+the LibriVox clips of Debian's pocketsphinx-testdata -> the OpenAI front -> LLM mode (a question about the
+first clip, answered by the base LLM from its transcript) -> transcripts and a timing table -> server stopped.
+LLM mode is in the demo by default with the random tiny checkpoint; with a real one only with `llm_mode`
+(its export adds the 6.9 GB fp32 base LLM).
 """
 
 from __future__ import annotations
@@ -11,9 +14,10 @@ import time
 from pathlib import Path
 
 MAX_NEW_TOKENS = 32
+QUESTION = "What is the speaker talking about? Answer in one sentence."
 
 
-def run(checkpoint: Path | None, work: Path) -> None:
+def run(checkpoint: Path | None, work: Path, llm_mode: bool | None = None) -> None:
     from .client import AsyncTranscriptionClient
     from .client.manifest import librivox_utterances
     from .contract import LIBRIVOX_DIR
@@ -26,6 +30,7 @@ def run(checkpoint: Path | None, work: Path) -> None:
     utterances = librivox_utterances()
     clips = [u.audio for u in utterances]
     random_weights = checkpoint is None
+    llm_mode = random_weights if llm_mode is None else llm_mode
     if random_weights:
         checkpoint = work / "tiny-checkpoint"
         if not (checkpoint / WEIGHTS_NAME).is_file():
@@ -35,9 +40,10 @@ def run(checkpoint: Path | None, work: Path) -> None:
             write_random_checkpoint(checkpoint, "tiny")
     build = work / "build-cpu"
     manifest = build / EXPORT_INFO
-    if not manifest.is_file() or read_export_info(build)["checkpoint"] != str(checkpoint.resolve()):
-        _stage(f"exporting {checkpoint} for CPU into {build}")
-        export(checkpoint, build, target="cpu", log=lambda line: print("  " + line))
+    if not manifest.is_file() or read_export_info(build)["checkpoint"] != str(checkpoint.resolve()) or \
+            ("llm_mode" in read_export_info(build)) != llm_mode:  # fmt: skip
+        _stage(f"exporting {checkpoint} for CPU into {build}" + (" with LLM mode" if llm_mode else ""))
+        export(checkpoint, build, target="cpu", log=lambda line: print("  " + line), llm_mode=llm_mode)
     _stage("starting the Triton server (tritonserver bundled in nvidia-pytriton, python backend, 127.0.0.1)")
     start = time.perf_counter()
     with TritonServer(build / MODEL_REPOSITORY) as server:
@@ -54,6 +60,8 @@ def run(checkpoint: Path | None, work: Path) -> None:
         wall = time.perf_counter() - start
         _stage("the same server through the OpenAI-compatible front (canary-trt api), called with curl")
         _openai_front(server.grpc_url, clips[0])
+        if llm_mode:
+            _ask(server.grpc_url, clips[0])
     if random_weights:
         print("\n  NOTE: random weights. The transcripts below are meaningless text: they prove the pipeline, not the model.")
     for utterance, result in zip(utterances, results):
@@ -85,6 +93,21 @@ def _openai_front(grpc_url: str, clip: Path) -> None:
             return
         done = subprocess.run(command, capture_output=True, text=True, timeout=300)
         print(f"  {done.stdout.strip() or done.stderr.strip()}")
+
+
+def _ask(grpc_url: str, clip: Path) -> None:
+    from .client import AnswerDelta, TranscriptionClient
+
+    _stage("LLM mode: the base LLM (LoRA off) answers a question from the clip's transcript, streamed")
+    print(f"  $ canary-trt-client ask --audio {clip} {QUESTION!r} --no-thinking --max-new-tokens {MAX_NEW_TOKENS}")
+    with TranscriptionClient(grpc_url) as client:
+        print("  answer: ", end="", flush=True)
+        for piece in client.ask_stream(QUESTION, clip, enable_thinking=False, max_new_tokens=MAX_NEW_TOKENS):
+            if isinstance(piece, AnswerDelta):
+                print(piece.text, end="", flush=True)
+    print(f"\n  transcript it was given: {' '.join((piece.transcript or '').split())}\n"
+          f"  [{piece.finish_reason}; {len(piece.token_ids)} tokens; first text after {piece.first_delta_seconds:.2f} s, "
+          f"all after {piece.latency_seconds:.2f} s]")
 
 
 def _stage(text: str) -> None:

@@ -54,6 +54,16 @@ def cpu_build(tiny_checkpoint, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="session")
+def llm_build(tiny_checkpoint, tmp_path_factory):
+    """`canary-trt export --target cpu --llm-mode` of the tiny checkpoint: the ASR models and the base LLM."""
+    from canary_trt.export.build import export
+
+    out = tmp_path_factory.mktemp("build-llm")
+    export(tiny_checkpoint.path, out, target="cpu", llm_mode=True, log=lambda line: None)
+    return out
+
+
 @pytest.fixture(scope="module")
 def server(cpu_build):
     """That build served by the bundled tritonserver on loopback: one server per test module."""
@@ -65,7 +75,7 @@ def server(cpu_build):
 
 # The fast tier, `pytest -m "not slow"` (README): a test is `slow` when it needs a model run through NeMo or
 # PyTorch, an export, or a live server, whether through these fixtures or its module's own (pytestmark).
-HEAVY_FIXTURES = {"reference", "cpu_build", "server"}
+HEAVY_FIXTURES = {"reference", "cpu_build", "llm_build", "server"}
 
 
 def pytest_collection_modifyitems(items):

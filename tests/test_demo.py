@@ -20,3 +20,9 @@ def test_demo_exports_serves_and_transcribes(tmp_path, capsys):
     (answer,) = [json.loads(line) for line in out.splitlines() if line.startswith('  {"task":"transcribe"')]
     first = next(line for line in out.splitlines() if "transcribed: " in line).split("transcribed: ", 1)[1]
     assert (" ".join(answer["text"].split()), answer["language"]) == (first, "english")
+    # LLM mode: the base LLM answered, streamed, from the first clip's transcript (the server's default budget:
+    # longer than the 32 tokens above, on random weights that never stop)
+    assert "== LLM mode" in out
+    (answer_line,) = [line for line in out.splitlines() if line.startswith("  answer: ")]
+    transcript = next(line for line in out.splitlines() if "transcript it was given: " in line)
+    assert answer_line.strip() != "answer:" and transcript.split(": ", 1)[1].startswith(first.split()[0])

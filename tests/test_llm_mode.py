@@ -1,6 +1,5 @@
 """LLM mode's text side is NeMo's: prompt ids, transcript text, and the base-LLM answer ids of the model card."""
 
-import itertools
 import random
 
 import pytest

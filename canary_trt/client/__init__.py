@@ -2,6 +2,7 @@
 
     api.py        TranscriptionClient and AsyncTranscriptionClient
     tensors.py    a request as the ensemble's (or canary_qwen_long's) tensors, and its answer back (Segment)
+    chat.py       LLM mode: a question about a recording to canary_qwen_chat (Answer, AnswerDelta; `ask`)
     subtitles.py  transcriptions as SRT and WebVTT (`transcribe --format srt|vtt`)
     retry.py      RetryPolicy, and what kind of failure an error is (`classify`)
     endpoints.py  several replicas: DNS, the endpoint pool, where each send goes
@@ -10,7 +11,8 @@
     cli.py        `canary-trt-client`; manifest.py: evaluation sets
 """
 
-from .api import AsyncTranscriptionClient, RetriesExhausted, RetryPolicy, Segment, Transcription, TranscriptionClient
+from .api import (Answer, AnswerDelta, AsyncTranscriptionClient, RetriesExhausted, RetryPolicy, Segment, Transcription,
+                  TranscriptionClient)  # fmt: skip
 
-__all__ = ["AsyncTranscriptionClient", "RetriesExhausted", "RetryPolicy", "Segment", "Transcription",
+__all__ = ["Answer", "AnswerDelta", "AsyncTranscriptionClient", "RetriesExhausted", "RetryPolicy", "Segment", "Transcription",
            "TranscriptionClient"]

@@ -29,7 +29,9 @@ request goes to the least busy healthy one, an unreachable one is taken out for 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,11 +39,12 @@ import numpy as np
 from ..audio import duration, load_audio
 from ..contract import MAX_AUDIO_SECONDS, SAMPLE_RATE
 from ..errors import InvalidInput
+from .chat import Answer, AnswerDelta, StreamTimer, chat_request, stream_async, stream_sync
 from .endpoints import AsyncEndpointPool, Dispatch, Endpoint, EndpointPool
 from .retry import RetriesExhausted, RetryPolicy
 from .tensors import LONG_MODEL, MODEL, Segment, read_long_response, read_response, request_inputs, whole_clip_segment
 
-__all__ = ["DEFAULT_URL", "LONG_MODEL", "MODEL", "AsyncTranscriptionClient", "RetriesExhausted", "RetryPolicy",
+__all__ = ["DEFAULT_URL", "LONG_MODEL", "MODEL", "Answer", "AnswerDelta", "AsyncTranscriptionClient", "RetriesExhausted", "RetryPolicy",
            "Segment", "Transcription", "TranscriptionClient"]  # fmt: skip
 
 DEFAULT_URL = "127.0.0.1:8001"
@@ -85,6 +88,7 @@ class TranscriptionClient:
         self._module, self.model, self.long_model, self.timeout = grpcclient, model, long_model, timeout
         self.retry = retry or RetryPolicy()
         self.pool = EndpointPool(url, grpcclient.InferenceServerClient, self.retry)
+        self._stream_lock = threading.Lock()  # a tritonclient.grpc client holds one stream at a time
 
     @property
     def triton(self):
@@ -109,6 +113,35 @@ class TranscriptionClient:
                     response = endpoint.triton.infer(model, inputs, client_timeout=self.timeout)
                 return _transcription(response, samples, start, endpoint.url, long, max_new_tokens)
             except Exception as e:
+                time.sleep(dispatch.pause(e))
+
+    def ask(self, question: str, audio=None, sample_rate: int | None = None, enable_thinking: bool | None = None,
+            max_new_tokens: int | None = None) -> Answer:  # fmt: skip
+        """LLM mode (`chat.py`): the base LLM's answer to `question` about `audio` (any length; None: the
+        question alone). enable_thinking / max_new_tokens None: the server's defaults (thinking on)."""
+        *_, answer = self.ask_stream(question, audio, sample_rate, enable_thinking, max_new_tokens, stream=False)
+        return answer
+
+    def ask_stream(self, question: str, audio=None, sample_rate: int | None = None,
+                   enable_thinking: bool | None = None, max_new_tokens: int | None = None,
+                   stream: bool = True) -> Iterator[AnswerDelta | Answer]:  # fmt: skip
+        """`ask`, yielding the answer's pieces of text as they come, then the `Answer`. A failure before
+        anything came is retried as `transcribe`'s; after that it is raised."""
+        samples = None if audio is None else load_audio(audio, sample_rate)
+        dispatch = Dispatch(self.pool)
+        while True:
+            received = False
+            try:
+                with self._stream_lock, dispatch.attempt() as endpoint:
+                    inputs = chat_request(self._module, question, samples, enable_thinking, max_new_tokens, stream)
+                    timer = StreamTimer(endpoint.url)
+                    for item in stream_sync(endpoint.triton, inputs, self.timeout):
+                        received = True
+                        yield timer.take(item)
+                return
+            except Exception as e:
+                if received:
+                    raise
                 time.sleep(dispatch.pause(e))
 
     def close(self) -> None:
@@ -173,6 +206,36 @@ class AsyncTranscriptionClient:
         `return_exceptions`: then each failed clip's exception takes its place in the list."""
         return await asyncio.gather(*(self.transcribe(audio, **options) for audio in audios),
                                     return_exceptions=return_exceptions)  # fmt: skip
+
+    async def ask(self, question: str, audio=None, sample_rate: int | None = None,
+                  enable_thinking: bool | None = None, max_new_tokens: int | None = None) -> Answer:  # fmt: skip
+        """TranscriptionClient.ask, within this client's concurrency."""
+        async for item in self.ask_stream(question, audio, sample_rate, enable_thinking, max_new_tokens, stream=False):
+            answer = item
+        return answer
+
+    async def ask_stream(self, question: str, audio=None, sample_rate: int | None = None,
+                         enable_thinking: bool | None = None, max_new_tokens: int | None = None,
+                         stream: bool = True) -> AsyncIterator[AnswerDelta | Answer]:  # fmt: skip
+        """TranscriptionClient.ask_stream; a call holds one of this client's slots until its final result."""
+        samples = None if audio is None else await asyncio.to_thread(load_audio, audio, sample_rate)
+        dispatch = Dispatch(self.pool)
+        while True:
+            received = False
+            async with self._slots:
+                try:
+                    with dispatch.attempt() as endpoint:
+                        inputs = chat_request(self._module, question, samples, enable_thinking, max_new_tokens, stream)
+                        timer = StreamTimer(endpoint.url)
+                        async for item in stream_async(endpoint.triton, inputs, self.timeout):
+                            received = True
+                            yield timer.take(item)
+                    return
+                except Exception as e:
+                    if received:
+                        raise
+                    pause = dispatch.pause(e)
+            await asyncio.sleep(pause)
 
     async def close(self) -> None:
         self.pool.cancel_lookup()

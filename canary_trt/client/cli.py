@@ -39,6 +39,18 @@ def main(argv: list[str] | None = None) -> int:
                     f"default: inputs over {MAX_AUDIO_SECONDS:g} s go to canary_qwen_long")  # fmt: skip
     tr.set_defaults(run=_transcribe)
 
+    ask = commands.add_parser("ask", help="LLM mode: ask about a recording (or ask the base LLM alone)",
+                              epilog="exit status: 0 answered; 2 a usage or setup error, or the request refused")  # fmt: skip
+    ask.add_argument("question", help="what to ask, e.g. 'Summarize this recording.'")
+    ask.add_argument("--audio", type=Path, help="the recording (any length; wav/flac/ogg/mp3); none: text only")
+    ask.add_argument("--url", action="append", help="Triton gRPC endpoint(s) (default 127.0.0.1:8001)")
+    ask.add_argument("--max-new-tokens", type=_positive, help="answer tokens at most (default: the server's)")
+    ask.add_argument("--thinking", action=argparse.BooleanOptionalAction, default=None,
+                     help="Qwen3's thinking (default: on, the server's); --no-thinking skips it")  # fmt: skip
+    ask.add_argument("--timeout", type=_seconds, help="seconds for the whole answer (default: none)")
+    ask.add_argument("--json", action="store_true", help="print the whole result as JSON, not the streamed text")
+    ask.set_defaults(run=_ask, attempts=5, backoff=0.5)
+
     from .bench import DEFAULT_WARMUP
 
     be = commands.add_parser("bench", help="measure WER, RTFx, latency and Triton statistics on a data set",
@@ -181,6 +193,31 @@ def _transcribe(args) -> int:
         for row in done:
             print(f"{row['audio']}\t{' '.join(row['text'].split())}")  # one line per file
     return 0 if len(done) == len(rows) else 1
+
+
+def _ask(args) -> int:
+    """Streams the reasoning (to stderr, when there is one) and the answer (to stdout) as they come."""
+    from .api import Answer, TranscriptionClient
+
+    with TranscriptionClient(_urls(args), timeout=args.timeout, retry=_retry(args)) as client:
+        pieces = client.ask_stream(args.question, args.audio, enable_thinking=args.thinking,
+                                   max_new_tokens=args.max_new_tokens, stream=not args.json)  # fmt: skip
+        for piece in pieces:
+            if isinstance(piece, Answer):
+                break
+            (sys.stderr if piece.kind == "reasoning" else sys.stdout).write(piece.text)
+            (sys.stderr if piece.kind == "reasoning" else sys.stdout).flush()
+    if args.json:
+        print(json.dumps({k: v for k, v in asdict(piece).items() if k != "deltas"}, ensure_ascii=False, indent=2))
+    else:
+        print()
+        print(f"[{piece.finish_reason}; {len(piece.token_ids)} tokens, {piece.prompt_tokens} in the prompt; first "
+              f"text after {_ms(piece.first_delta_seconds)}, all after {_ms(piece.latency_seconds)}]", file=sys.stderr)
+    return 0
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.0f} ms"
 
 
 def _subtitle_files(args, paths: list[Path]) -> dict[Path, Path] | None:

@@ -6,7 +6,8 @@
 
 from __future__ import annotations
 
-from .app import Settings, create_app
+from .app import create_app
+from .settings import Settings
 
 
 def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8080, log_level: str = "info") -> None:

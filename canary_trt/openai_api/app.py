@@ -1,5 +1,6 @@
 """The FastAPI app: OpenAI's `POST /v1/audio/transcriptions`, `GET /v1/models`, `GET /health`, forwarded to
-the `canary_qwen` ensemble over gRPC with the package's async client.
+the `canary_qwen` ensemble over gRPC with the package's async client; `POST /v1/chat/completions` (LLM mode,
+to `canary_qwen_chat`) is in chat.py.
 
 Admission: at most `max_in_flight` requests are sent to Triton at once (the client's slots), at most
 `max_queue` more upload or wait for a slot; beyond that a request is refused at once with 429 rather
@@ -22,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from dataclasses import dataclass
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -30,14 +30,14 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
-from ..audio import AudioTooLong, audio_info, clock, load_audio
 from ..client.api import MODEL, AsyncTranscriptionClient, RetryPolicy, Transcription
 from ..client.subtitles import render as render_subtitles
-from ..contract import MAX_AUDIO_SECONDS, MAX_LONG_AUDIO_SECONDS, SAMPLE_RATE
-from ..errors import InvalidInput
+from ..contract import MAX_AUDIO_SECONDS, SAMPLE_RATE
+from .chat import add_chat_routes
 from .errors import SERVER_ERROR, ApiError, bad_request, from_transcription_failure, too_busy, triton_message
+from .settings import MiB, Admission, Settings, known_model
+from .uploads import admit_length, drain, read_body, too_large
 
-MiB = 2**20
 FORM_OVERHEAD = MiB  # room for the other fields and the multipart framing around the file
 RESPONSE_FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
 GRANULARITIES = "timestamp_granularities[]"
@@ -49,51 +49,6 @@ NOT_PROVIDED = {
 CENTISECONDS = 100  # verbose_json `seek`: the segment's start in 10-ms frames (module doc of _segment)
 HEALTH_TIMEOUT = 5.0
 FAILOVER = RetryPolicy(attempts=2, initial=0.0)  # one more send, at once: the caller owns backoff
-
-
-@dataclass(frozen=True)
-class Settings:
-    triton_url: str
-    model_name: str = "canary-qwen-2.5b"
-    aliases: tuple[str, ...] = ()  # more accepted `model` values, e.g. "whisper-1" for unchanged callers
-    max_in_flight: int = 16
-    max_queue: int = 64
-    max_file_bytes: int = 25 * MiB  # OpenAI's limit
-    max_new_tokens: int | None = None  # None: the server's default
-    timeout: float = 300.0  # seconds per request at Triton
-    prompt_as_instruction: bool = False  # OpenAI's `prompt` replaces the model's instruction (else ignored)
-    api_key: str | None = None  # required as `Authorization: Bearer ...` on /v1 when set
-    max_audio_seconds: float = MAX_LONG_AUDIO_SECONDS  # longer uploads (by their header) refused before decoding
-
-    def __post_init__(self):
-        if self.max_in_flight < 1 or self.max_queue < 0 or self.max_file_bytes < 1 or self.timeout <= 0:
-            raise InvalidInput("max_in_flight and max_file_bytes must be at least 1, max_queue at least 0, timeout > 0")
-        if not self.max_audio_seconds > 0:
-            raise InvalidInput(f"max_audio_seconds must be a positive number of seconds, got {self.max_audio_seconds!r}")
-
-    @property
-    def models(self) -> tuple[str, ...]:
-        return (self.model_name, *self.aliases)
-
-
-class Admission:
-    """Counts requests admitted (uploading, waiting for a slot or in flight at Triton), at most `limit`:
-    admission comes before the upload is read, so the front holds at most `limit` files in memory."""
-
-    def __init__(self, limit: int):
-        self.limit, self.admitted = limit, 0
-
-    @property
-    def full(self) -> bool:
-        return self.admitted >= self.limit
-
-    @contextlib.contextmanager
-    def slot(self):
-        self.admitted += 1
-        try:
-            yield
-        finally:
-            self.admitted -= 1
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -125,12 +80,12 @@ def create_app(settings: Settings) -> FastAPI:
 
     @v1.get("/models/{name:path}")
     async def get_model(name: str):
-        return model_card(_known_model(name, settings))
+        return model_card(known_model(name, settings))
 
     @v1.post("/audio/transcriptions")
     async def transcriptions(request: Request):
         if admission.full:  # no await between this check and taking the slot: one event loop, no race
-            await _drain(request, 4 * (settings.max_file_bytes + FORM_OVERHEAD))  # so the caller reads the 429
+            await drain(request, 4 * (settings.max_file_bytes + FORM_OVERHEAD))  # so the caller reads the 429
             raise too_busy(f"too many requests: {admission.admitted} uploading, queued or in flight (the limit); "
                            "retry later")  # fmt: skip
         with admission.slot():
@@ -145,17 +100,17 @@ def create_app(settings: Settings) -> FastAPI:
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
             raise bad_request("missing the audio: send it as the multipart file field 'file'", param="file")
-        _known_model(_field(form, "model", required=True), settings)
+        known_model(_field(form, "model", required=True), settings)
         response_format = _response_format(form)
         _check_options(form)
         _check_granularities(form, response_format)
         audio = await upload.read()
         if len(audio) > settings.max_file_bytes:
-            raise _too_large("the file", len(audio), settings.max_file_bytes)
+            raise too_large("the file", len(audio), settings.max_file_bytes)
         # OpenAI's `prompt` (Whisper's context text) is sent as the model's instruction only when asked for.
         instruction = _field(form, "prompt") if settings.prompt_as_instruction else None
         try:
-            audio, seconds = await _admit_length(audio, settings.max_audio_seconds)
+            audio, seconds = await admit_length(audio, settings.max_audio_seconds)
             # Routed by the header's length, as the client would by the decoded one; stated explicitly so that
             # max_new_tokens (the ensemble's only) always goes with the model that takes it.
             long = seconds > MAX_AUDIO_SECONDS
@@ -168,6 +123,7 @@ def create_app(settings: Settings) -> FastAPI:
             raise from_transcription_failure(e, settings.triton_url, upload.filename) from e
         return result, response_format
 
+    add_chat_routes(v1, settings, admission)  # LLM mode: canary_qwen_chat, in builds exported with --llm-mode
     app.include_router(v1)
 
     @app.get("/health")
@@ -212,53 +168,14 @@ async def _read_form(request: Request, limit: int):
     from Content-Length when sent, else while reading."""
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise bad_request("expected a multipart/form-data body with the audio in the file field 'file'")
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        await _drain(request, 4 * limit)  # so the caller can read the answer instead of a reset connection
-        raise _too_large("the request body", int(declared), limit - FORM_OVERHEAD)
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise _too_large("the request body", len(body), limit - FORM_OVERHEAD)
+    body = await read_body(request, limit, limit - FORM_OVERHEAD)
 
     async def replay():
-        return {"type": "http.request", "body": bytes(body), "more_body": False}
+        return {"type": "http.request", "body": body, "more_body": False}
 
     # Starlette turns a malformed multipart body into HTTPException(400): answered in OpenAI's shape.
     # (+2: timestamp_granularities[] may be sent once per value, segment and word)
     return await Request(request.scope, replay).form(max_files=1, max_fields=len(FIELDS) + len(NOT_PROVIDED) + 2)
-
-
-async def _admit_length(audio: bytes, max_seconds: float):
-    """(what to send, its length in seconds): the header's length checked against `max_seconds` before anything
-    is decoded (over it: a 400 naming it); a file whose header does not say is decoded here, in a worker thread,
-    stopping as soon as it passes the limit."""
-    info = await asyncio.to_thread(audio_info, audio)  # AudioError (undecodable): 415 by the caller
-    if info.seconds is None:
-        try:
-            samples = await asyncio.to_thread(load_audio, audio, None, max_seconds=max_seconds)
-        except AudioTooLong as e:
-            raise bad_request(f"{e} (--max-audio-seconds)", param="file", code="audio_too_long") from e
-        return samples, samples.size / SAMPLE_RATE
-    if info.seconds > max_seconds:
-        raise bad_request(f"the audio is {clock(info.seconds)} long ({info.seconds:.1f} s, from its header), over the "
-                          f"{max_seconds:g} s limit (--max-audio-seconds); refused before decoding", param="file",
-                          code="audio_too_long")  # fmt: skip
-    return audio, info.seconds
-
-
-async def _drain(request: Request, at_most: int) -> None:
-    read = 0
-    async for chunk in request.stream():
-        read += len(chunk)
-        if read > at_most:
-            return
-
-
-def _too_large(what: str, size: int, limit: int) -> ApiError:
-    return ApiError(413, f"{what} is {size} bytes; audio files are limited to {limit} bytes "
-                    f"({limit / MiB:g} MiB)", param="file", code="file_too_large")  # fmt: skip
 
 
 def _field(form, name: str, required: bool = False) -> str | None:
@@ -268,13 +185,6 @@ def _field(form, name: str, required: bool = False) -> str | None:
     if required and not value:
         raise bad_request(f"missing required parameter '{name}'", param=name)
     return value
-
-
-def _known_model(name: str, settings: Settings) -> str:
-    if name not in settings.models:
-        raise ApiError(404, f"the model {name!r} does not exist here; served: {', '.join(settings.models)}",
-                       param="model", code="model_not_found")  # fmt: skip
-    return name
 
 
 def _response_format(form) -> str:

@@ -19,9 +19,11 @@ class ApiError(Exception):
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
         self.headers = headers
 
+    def body(self) -> dict:
+        return {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
+
     def response(self) -> JSONResponse:
-        body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-        return JSONResponse(body, status_code=self.status, headers=self.headers)
+        return JSONResponse({"error": self.body()}, status_code=self.status, headers=self.headers)
 
 
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> ApiError:
@@ -39,15 +41,17 @@ def triton_message(error: BaseException) -> str:
     return message() if callable(message) else str(error)
 
 
-def from_transcription_failure(error: Exception, triton_url: str, filename: str | None) -> ApiError:
-    """What went wrong between the uploaded file and Triton's answer, as the caller should see it: the
-    client's classification of the failure (`retry.classify`), as an HTTP status."""
+def from_transcription_failure(error: Exception, triton_url: str, filename: str | None,
+                               param: str = "file") -> ApiError:  # fmt: skip
+    """What went wrong between the upload and Triton's answer, as the caller should see it: the client's
+    classification of the failure (`retry.classify`), as an HTTP status; `param`: where the audio came in."""
     kind, message = retry.classify(error), triton_message(retry.last_error(error))  # retries: the last one tells why
     if kind == retry.UNREADABLE:
-        return ApiError(415, f"file {filename!r}: {message}; supported: wav, flac, ogg (vorbis/opus) and mp3",
-                        param="file", code="unsupported_audio")  # fmt: skip
+        source = "the audio" if filename is None else f"file {filename!r}"
+        return ApiError(415, f"{source}: {message}; supported: wav, flac, ogg (vorbis/opus) and mp3",
+                        param=param, code="unsupported_audio")  # fmt: skip
     if kind == retry.INVALID_INPUT:  # the audio or options refused by the model (audio_check etc.)
-        return bad_request(message, param="file", code="invalid_audio")
+        return bad_request(message, param=param, code="invalid_request" if param != "file" else "invalid_audio")
     if kind == retry.OVERLOADED:
         return too_busy(f"the Triton server is overloaded: {message}")
     if kind == retry.UNAVAILABLE:
