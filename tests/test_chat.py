@@ -200,3 +200,19 @@ def test_openai_errors_are_named(openai_client, messages, options, message):
     assert refused.value.body["message"] and refused.value.body["type"] == "invalid_request_error"
     with pytest.raises(openai.NotFoundError, match="does not exist"):
         openai_client.chat.completions.create(model="gpt-4o", messages=user_turn(QUESTION))
+
+
+def test_cli_ask(llm_server, answers, capsys):
+    import json
+
+    from canary_trt.client.cli import main
+
+    base = ["ask", "--url", llm_server.grpc_url, "--audio", str(CLIP), "--no-thinking", "--max-new-tokens", str(N)]
+    assert main([*base, QUESTION]) == 0  # streamed: the answer on stdout, the finish line on stderr
+    out, err = capsys.readouterr()
+    assert out == answers["off"].answer + "\n" and f"[length; {N} tokens" in err
+    assert main([*base, "--json", QUESTION]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert (row["token_ids"], row["transcript"], row["reasoning"]) == (answers["off"].token_ids, answers["off"].transcript, None)
+    assert main(["ask", "--url", llm_server.grpc_url, " "]) == 2
+    assert "question is empty" in capsys.readouterr().err
