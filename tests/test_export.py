@@ -23,6 +23,23 @@ def test_cpu_build_contents(cpu_build):
     assert all(p.stat().st_mode & 0o044 == 0o044 for p in cpu_build.rglob("*") if p.is_file())  # readable by Triton
 
 
+@pytest.mark.slow  # an export
+def test_heavy_steps_apart_give_the_same_build(cpu_build, tiny_checkpoint, tmp_path):
+    """isolate=True (what a full-size checkpoint gets): each heavy step in a spawned process; the same graphs."""
+    import numpy as np
+    import onnx
+
+    from canary_trt.export.build import export
+
+    export(tiny_checkpoint.path, tmp_path, target="cpu", isolate=True, log=lambda line: None)
+    for name in ("encoder.onnx", "decoder.onnx"):
+        apart, together = onnx.load(str(tmp_path / name)), onnx.load(str(cpu_build / name))
+        assert [n.op_type for n in apart.graph.node] == [n.op_type for n in together.graph.node], name
+        weights = {t.name: onnx.numpy_helper.to_array(t) for t in together.graph.initializer}
+        assert all(np.array_equal(onnx.numpy_helper.to_array(t), weights[t.name]) for t in apart.graph.initializer)
+    assert np.array_equal(np.load(tmp_path / "embed_tokens.npy"), np.load(cpu_build / "embed_tokens.npy"))
+
+
 def test_export_leaves_the_users_own_files_alone(tiny_checkpoint, tmp_path):
     """Only what the export writes is opened up for the serving user; a private file already there stays so."""
     import os

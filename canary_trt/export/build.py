@@ -23,6 +23,7 @@ import shlex
 import subprocess
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -47,6 +48,7 @@ GPU_PRECISION = {  # --precision -> preset fields
 }
 DEFAULT_PRESET = "h100"
 STAGES = ("all", "prepare", "engines")
+APART_BYTES = 2 * 10**9  # a checkpoint over this (the real one: 5.1 GB) exports each heavy step apart (run_apart)
 MODELS = ("audio_check", "encoder", "adapter", "decoder", "detokenizer", "canary_qwen", "canary_qwen_long")
 
 
@@ -55,7 +57,8 @@ class Step:
     title: str
     detail: str  # shapes and sizes, for the dry run
     command: Callable[[], list[str]] | None = None  # an external tool; resolved late, once its inputs exist
-    action: Callable[[], object] | None = None  # in-process Python
+    # Python; a heavy one is a functools.partial of a module-level function, so that it can run apart (export)
+    action: Callable[[], object] | None = None
     cheap: bool = False  # writes only small files (configs): runs in a dry run too, so they can be inspected
     engine: bool = False  # a TensorRT / TensorRT-LLM step: the `engines` stage
 
@@ -72,7 +75,7 @@ def plan(checkpoint: Checkpoint, out: Path, target: str, precision: str | None, 
         raise InvalidInput("--preset selects GPU shapes; it does not apply to --target cpu")
     llm, hidden = checkpoint.llm_config, checkpoint.llm_config["hidden_size"]
     encoder_detail = f"WAV f32 [B, samples] + WAV_LENS i32 [B] -> audio_embeddings f32 [B, T', {hidden}] + audio_lengths i32 [B]"
-    steps = [Step("encoder ONNX", encoder_detail, action=lambda: encoder_onnx.export_encoder_onnx(checkpoint, out))]
+    steps = [Step("encoder ONNX", encoder_detail, action=partial(encoder_onnx.export_encoder_onnx, checkpoint, out))]
     manifest = {"target": target, "precision": precision, "checkpoint": str(checkpoint.path),
                 "vocab_size": llm["vocab_size"], "hidden_size": hidden, "encoder": ENCODER_ONNX,
                 "tokenizer": TOKENIZER_DIR}  # fmt: skip
@@ -87,11 +90,11 @@ def plan(checkpoint: Checkpoint, out: Path, target: str, precision: str | None, 
         graph = (f"inputs_embeds f32 [B, S, {hidden}] + attention_mask i64 [B, P+S] + position_ids i64 [B, S] + "
                  f"{layers} x past key/value f32 [B, {kv_heads}, P, {head_dim}] -> logits f32 [B, {llm['vocab_size']}] + present")  # fmt: skip
         steps.append(Step("decoder ONNX (Qwen3, LoRA merged, explicit KV cache) + embed_tokens.npy", graph,
-                          action=lambda: decoder_onnx.export_decoder_onnx(checkpoint, out)))  # fmt: skip
+                          action=partial(decoder_onnx.export_decoder_onnx, checkpoint, out)))  # fmt: skip
         manifest.update(decoder=DECODER_ONNX, embeddings=EMBEDDINGS)
         if llm_mode:
             steps.append(Step("LLM-mode decoder ONNX (base Qwen3, LoRA off; shares embed_tokens.npy)", graph,
-                              action=lambda: decoder_onnx.export_decoder_onnx(checkpoint, out, lora=False)))  # fmt: skip
+                              action=partial(decoder_onnx.export_decoder_onnx, checkpoint, out, lora=False)))  # fmt: skip
             manifest["llm_decoder"] = LLM_DECODER_ONNX
         if precision == "int8":
             steps += _cpu_int8_steps(out, manifest, llm_mode)
@@ -113,9 +116,9 @@ def _cpu_int8_steps(out, manifest, llm_mode) -> list[Step]:
 
     decoders = [(DECODER_ONNX, DECODER_INT8_ONNX)] + ([(LLM_DECODER_ONNX, LLM_DECODER_INT8_ONNX)] if llm_mode else [])
     steps = [Step("encoder int8 weights (dynamic int8 MatMuls; front end and attention fp32)", ENCODER_INT8_ONNX,
-                  action=lambda: quantize.quantize_encoder_int8(out / ENCODER_ONNX, out / ENCODER_INT8_ONNX))]  # fmt: skip
+                  action=partial(quantize.quantize_encoder_int8, out / ENCODER_ONNX, out / ENCODER_INT8_ONNX))]  # fmt: skip
     steps += [Step(f"{fp32.removesuffix('.onnx')} int8 weights (MatMulNBits, 8 bit, block 128, int8 compute)", int8,
-                   action=lambda fp32=fp32, int8=int8: quantize.quantize_decoder_int8(out / fp32, out / int8))
+                   action=partial(quantize.quantize_decoder_int8, out / fp32, out / int8))
               for fp32, int8 in decoders]  # fmt: skip
     manifest.update(encoder=ENCODER_INT8_ONNX, decoder=DECODER_INT8_ONNX)
     if llm_mode:
@@ -139,7 +142,7 @@ def _gpu_steps(checkpoint, out, precision, preset_name, manifest, max_new_tokens
         Step(f"encoder TensorRT engine ({preset.encoder_precision}; front end, LayerNorm, Softmax in FP32)", shapes,
              command=lambda: tensorrt.build_command(onnx_path, engine, preset, out / "timing.cache"), engine=True),
         Step("merged HF Qwen3 checkpoint (float16, explicit lm_head)", str(hf_dir),
-             action=lambda: hf_checkpoint.write_merged_hf_checkpoint(checkpoint, hf_dir, "float16")),
+             action=partial(hf_checkpoint.write_merged_hf_checkpoint, checkpoint, hf_dir, "float16")),
         Step(f"TensorRT-LLM checkpoint (quantization: {preset.llm_quantization})", str(ckpt_dir),
              command=lambda: trtllm.convert_command(hf_dir, ckpt_dir, preset, calibration), engine=True),
         Step("TensorRT-LLM engine", f"max_batch_size {preset.llm_max_batch}, max_input_len {preset.max_input_len}, "
@@ -158,7 +161,7 @@ def _gpu_llm_mode_steps(checkpoint, out, preset, manifest, calibration) -> list[
     manifest["llm_decoder_engine"] = engine_dir.name
     return [
         Step("base HF Qwen3 checkpoint (LoRA off, float16, explicit lm_head)", str(hf_dir),
-             action=lambda: hf_checkpoint.write_merged_hf_checkpoint(checkpoint, hf_dir, "float16", lora=False)),
+             action=partial(hf_checkpoint.write_merged_hf_checkpoint, checkpoint, hf_dir, "float16", lora=False)),
         Step(f"base-LLM TensorRT-LLM checkpoint (quantization: {preset.llm_quantization})", str(ckpt_dir),
              command=lambda: trtllm.convert_command(hf_dir, ckpt_dir, preset, calibration), engine=True),
         Step("base-LLM TensorRT-LLM engine", f"max_batch_size {preset.llm_max_batch}, max_input_len "
@@ -169,10 +172,11 @@ def _gpu_llm_mode_steps(checkpoint, out, preset, manifest, calibration) -> list[
 
 def export(checkpoint_dir, out, target: str = "cpu", precision: str | None = None, preset: str | None = None,
            dry_run: bool = False, log=print, stage: str = "all", max_new_tokens: int = MAX_NEW_TOKENS,
-           calib_dataset: Path | None = None, llm_mode: bool = False) -> list[Step]:  # fmt: skip
+           calib_dataset: Path | None = None, llm_mode: bool = False, isolate: bool | None = None) -> list[Step]:  # fmt: skip
     """`stage` (GPU): all | prepare | engines, see the module doc. `max_new_tokens`: the build's budget per
     request (the GPU engine's max_seq_len follows). `calib_dataset`: a local text data set, for fp8 only.
-    `llm_mode`: add the base LLM (llm_decoder) for the model card's LLM mode (module doc)."""
+    `llm_mode`: add the base LLM (llm_decoder) for the model card's LLM mode (module doc). `isolate`: run each
+    heavy step in a process of its own (run_apart); None: when the checkpoint's weights are over APART_BYTES."""
     if stage not in STAGES:
         raise InvalidInput(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
     if stage != "all" and target != "gpu":
@@ -192,6 +196,7 @@ def export(checkpoint_dir, out, target: str = "cpu", precision: str | None = Non
         from .presets import require_gpu_stack
 
         require_gpu_stack()  # fail at once, not after minutes of ONNX export
+    apart = checkpoint.weights_file.stat().st_size > APART_BYTES if isolate is None else isolate
     began = time.time() - 1  # file times can lag the clock by a tick
     for number, step in enumerate(steps, 1):
         log(f"[{number}/{len(steps)}] {step.title}\n      {step.detail}")
@@ -204,11 +209,26 @@ def export(checkpoint_dir, out, target: str = "cpu", precision: str | None = Non
         start = time.perf_counter()
         if command:
             subprocess.run(command, check=True)
+        elif apart and not step.cheap:
+            run_apart(step.action)
         else:
             step.action()
         log(f"      done in {time.perf_counter() - start:.1f} s")
     _make_readable(out, began)
     return steps
+
+
+def run_apart(action: Callable[[], object]) -> None:
+    """A heavy step in a fresh interpreter (spawned: nothing of this process's threads or state): the memory an
+    exporter holds (weights, graphs, their caches) goes back to the OS when it ends, so steps do not pile up. In
+    one process a full-size --llm-mode export (two decoders) was killed for memory on a 23.5 GiB machine after
+    reaching 24 GiB; each step alone peaks near 17.4 GiB. A step that fails raises here; one killed (out of
+    memory) raises BrokenProcessPool, naming no step: the log line above it does."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as child:
+        child.submit(action).result()
 
 
 def _make_readable(out: Path, since: float) -> None:
