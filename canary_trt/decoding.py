@@ -6,6 +6,19 @@ Requests follow the tensorrt_llm backend's p-tuning convention (docs/SERVING.md#
 the prompt that way. Prompts are left-padded with zero vectors and attention mask 0, and positions start
 at 0 at each request's first real token (docs/MODEL.md#prompt-and-splice), so a request's tokens do not depend on what
 else shares its batch (up to float rounding: other shapes, other summation order).
+
+The KV cache stays in ONNX Runtime between steps (IOBinding): step t's present.{i} OrtValues are bound as
+step t+1's past_key_values.{i}, and ORT allocates the outputs. Full-cache copies per decode step:
+- inside the graph, 1: each layer's Concat of past and the new key/value into present (the exported
+  graph's growing cache; removing it needs a graph that writes into a preallocated cache, not this one);
+- across the Python boundary, 0 in both directions. session.run with numpy did the same under onnxruntime
+  1.32 (contiguous fp32 inputs are wrapped, outputs come back as numpy views of ORT's buffers), but only
+  by that bridge's behaviour; binding OrtValues makes it the contract, and no feed dict or 2 * layers
+  numpy wrappers are built per step;
+- when rows leave the batch (rare: only at a step where some row ends), 1: numpy gathers the kept rows
+  and columns once (exact), and the gathered arrays are wrapped as OrtValues without another copy.
+The graph already computes the logits of the last position only ([B, V]); greedy needs the argmax over
+the whole vocabulary, so no narrower head is exact.
 """
 
 from __future__ import annotations
@@ -15,7 +28,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-
 
 
 def input_names(num_layers: int) -> list[str]:
@@ -55,6 +67,7 @@ class GreedyDecoder:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        self._wrap = ort.OrtValue.ortvalue_from_numpy  # zero-copy on CPU; the OrtValue keeps the array alive
         self.session = ort.InferenceSession(os.fspath(decoder_onnx_path), options, providers=["CPUExecutionProvider"])
         self.embeddings = np.load(embeddings_npy_path, mmap_mode="r")  # [vocab, hidden], paged in on demand
         self.vocab_size, self.hidden = self.embeddings.shape
@@ -99,7 +112,7 @@ class GreedyDecoder:
             embeds[row, width - len(p) :] = p
             mask[row, width - len(p) :] = 1
         positions = np.maximum(mask.cumsum(axis=1) - 1, 0)
-        empty = np.zeros((len(live), self.kv_heads, 0, self.head_dim), np.float32)
+        empty = self._wrap(np.zeros((len(live), self.kv_heads, 0, self.head_dim), np.float32))
         logits, cache = self._run(embeds, mask, positions, [empty] * (2 * self.num_layers))
         positions = positions[:, -1:]
 
@@ -119,13 +132,28 @@ class GreedyDecoder:
             if not keep.all():  # drop finished rows, then the padding columns no remaining row needs
                 live, tokens, mask, positions = live[keep], tokens[keep], mask[keep], positions[keep]
                 start = int(mask.argmax(axis=1).min())
-                mask, cache = mask[:, start:], [c[keep, :, start:] for c in cache]
+                mask, cache = mask[:, start:], self._gather(cache, keep, start)
             mask = np.concatenate([mask, np.ones((len(live), 1), np.int64)], axis=1)
             positions = positions + 1
             embeds = self.embeddings[tokens][:, None]
             logits, cache = self._run(embeds, mask, positions, cache)
 
-    def _run(self, embeds, mask, positions, cache):
-        feeds = dict(zip(self.input_names, (embeds, mask, positions, *cache)))
-        logits, *present = self.session.run(self.output_names, feeds)
-        return logits, present
+    def _run(self, embeds, mask, positions, cache: list) -> tuple[np.ndarray, list]:
+        """One step: logits as numpy (a view of ORT's buffer), the present cache as OrtValues, to be bound
+        as the next step's past as they are. A fresh binding each step: ORT allocates every output anew,
+        never into a buffer that this step reads as its past."""
+        binding = self.session.io_binding()
+        for name, value in zip(self.input_names, (embeds, mask, positions)):
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        for name, value in zip(self.input_names[3:], cache):
+            binding.bind_ortvalue_input(name, value)
+        for name in self.output_names:
+            binding.bind_output(name)
+        self.session.run_with_iobinding(binding)
+        logits, *present = binding.get_outputs()
+        return logits.numpy(), present
+
+    def _gather(self, cache: list, keep: np.ndarray, start: int) -> list:
+        """The kept rows and the columns from `start`, as new OrtValues: one numpy copy (the OrtValues' numpy
+        views share ORT's memory, and the result is wrapped as it is)."""
+        return [self._wrap(np.ascontiguousarray(c.numpy()[keep, :, start:])) for c in cache]

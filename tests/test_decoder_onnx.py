@@ -114,6 +114,27 @@ def test_batch_independence(decoder, make_request, prompt):
     assert len(together[0]) <= 5 and len(together[3]) <= 11
 
 
+def test_the_cache_stays_in_onnx_runtime(decoder, make_request, monkeypatch):
+    """Every step binds the previous step's present OrtValues as its past, as they are; only the step where a
+    row leaves gathers new ones (one numpy copy), and the remaining row decodes as it does alone."""
+    steps = []
+    run = decoder._run
+
+    def spy(embeds, mask, positions, cache):
+        logits, present = run(embeds, mask, positions, cache)
+        steps.append((cache, present))
+        return logits, present
+
+    monkeypatch.setattr(decoder, "_run", spy)
+    short, long = make_request("0880", 3, end_id=-1), make_request("1s", end_id=-1)  # -1: both run to their budget
+    together = decoder.generate([short, long])
+    monkeypatch.undo()
+    assert len(steps) == MAX_NEW and together[1] == decoder.generate([long])[0]
+    reused = [all(past is prev for past, prev in zip(cache, steps[t - 1][1])) for t, (cache, _) in enumerate(steps) if t]
+    assert reused == [t != 3 for t in range(1, MAX_NEW)]  # step 3: the short row has left
+    assert [c.shape()[0] for c in steps[3][0]] == [1] * 2 * decoder.num_layers
+
+
 def test_stops_at_end_id(decoder, make_request, expected):
     tokens = expected["0880"]
     k = next(k for k in range(3, len(tokens)) if tokens[k] not in tokens[:k])  # first emission at step k

@@ -81,13 +81,24 @@ def test_configs_parse_and_ensemble_is_wired(repository):
 
 
 def test_decoder_speaks_the_tensorrt_llm_contract(cpu_build, gpu_repository):
-    """The CPU stand-in declares exactly the inputs and outputs of the GPU tensorrtllm model."""
+    """The CPU stand-in declares exactly the inputs and outputs of the GPU tensorrtllm model, but for the prompt
+    table's type: FP16 is the GPU engine's, the CPU flavour keeps the embeddings' FP32 (exact end to end)."""
     cpu, gpu = load(cpu_build / "model_repository")["decoder"], load(gpu_repository)["decoder"]
     assert cpu.backend == "python" and gpu.backend == "tensorrtllm"
     assert {i.name for i in gpu.input} == DECODER_INPUTS
-    assert list(cpu.input) == list(gpu.input) and list(cpu.output) == list(gpu.output)
-    table = {i.name: i for i in gpu.input}["prompt_embedding_table"]
-    assert table.data_type == mc.TYPE_FP16 and table.allow_ragged_batch
+    assert list(cpu.output) == list(gpu.output)
+    cpu_table, gpu_table = ({i.name: i for i in c.input}["prompt_embedding_table"] for c in (cpu, gpu))
+    assert cpu_table.data_type == mc.TYPE_FP32 and gpu_table.data_type == mc.TYPE_FP16 and gpu_table.allow_ragged_batch
+    cpu_table.data_type = mc.TYPE_FP16
+    assert list(cpu.input) == list(gpu.input)
+
+
+@pytest.mark.parametrize("flavour, dtype", [("cpu", mc.TYPE_FP32), ("gpu", mc.TYPE_FP16)])
+def test_adapter_sends_the_prompt_table_in_the_decoders_type(flavour, dtype, cpu_build, gpu_repository):
+    configs = load(cpu_build / "model_repository" if flavour == "cpu" else gpu_repository)
+    sent = {o.name: o.data_type for o in configs["adapter"].output}["prompt_embedding_table"]
+    taken = {i.name: i.data_type for i in configs["decoder"].input}["prompt_embedding_table"]
+    assert sent == taken == dtype
 
 
 def test_gpu_flavour_specifics(gpu_repository, tiny_checkpoint):

@@ -62,6 +62,28 @@ def test_prompt_and_default_length(server, reference, clips):
         assert len(client.transcribe(clips["1s"], sample_rate=16000).token_ids) <= 128  # server default
 
 
+def test_the_adapter_hands_the_decoder_the_fp32_table_unchanged(server, cpu_build):
+    """CPU flavour: the prompt table reaching the fp32 decoder is the encoder's FP32 output, not rounded to FP16
+    (the GPU engine's type), so served tokens are exact on full-size weights too, not only on tiny."""
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import np_to_triton_dtype
+
+    from canary_trt.export_info import read_export_info
+
+    rows = 5
+    # values within 1e-6 of 1, which FP16 cannot hold (it rounds them to 1)
+    embeddings = (1 + np.random.default_rng(0).random((1, rows, read_export_info(cpu_build)["hidden_size"])) * 1e-6)
+    inputs = {"audio_embeddings": embeddings.astype(np.float32), "audio_lengths": np.array([[rows]], np.int32)}
+    tensors = []
+    for name, value in inputs.items():
+        tensors.append(grpcclient.InferInput(name, value.shape, np_to_triton_dtype(value.dtype)))
+        tensors[-1].set_data_from_numpy(value)
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        table = client.infer("adapter", tensors).as_numpy("prompt_embedding_table")
+    assert table.dtype == np.float32 and np.array_equal(table, inputs["audio_embeddings"])
+
+
 def _decoder_stats(server):
     import tritonclient.grpc as grpcclient
 

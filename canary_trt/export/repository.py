@@ -54,6 +54,10 @@ GPU_DECODER_CUDA_GRAPH_CACHE_SIZE = 64
 # most 2 s of compute per clip (1 s on average, ~10% on LibriSpeech-length clips) and give 20 shapes up to
 # 40 s, so a few hundred requests in flight meet in batches. CPU: the python encoder pads each batch itself.
 BUCKET_SECONDS = {"cpu": 0.0, "gpu": 2.0}
+# The prompt table's type, from the adapter to the decoder. GPU: the TensorRT-LLM engine's own dtype (FP16,
+# export/presets.py LLM_DTYPE). CPU: the audio embeddings' FP32 unchanged, so that the fp32 build decodes
+# exactly what the reference decodes (rounding the table to FP16 can flip a near-tie).
+PROMPT_TABLE_TYPE = {"cpu": "TYPE_FP32", "gpu": "TYPE_FP16"}
 
 
 def templates() -> Path:
@@ -77,6 +81,7 @@ def values_for(manifest: dict, build: Path, overrides: dict | None = None) -> di
                                        in served_options.to_parameters(served_options.for_build(budgets)).items()),
         "clips_per_request": CLIPS_PER_REQUEST,
         "bucket_seconds": BUCKET_SECONDS[flavour],
+        "prompt_table_type": PROMPT_TABLE_TYPE[flavour],
         # CPU: the python stub runs this venv's packages. GPU: the container's own Python (install the
         # package there), so no environment parameter at all.
         "python_env": "" if flavour == "gpu" else
@@ -101,14 +106,16 @@ def values_for(manifest: dict, build: Path, overrides: dict | None = None) -> di
     return values
 
 
-def decoder_values(manifest: dict, build: Path) -> dict[str, dict[str, str]]:
-    """The decoder template's own values for each decoder model of this build (GPU: each its own engine)."""
+def decoder_values(manifest: dict, build: Path, shared: dict[str, str]) -> dict[str, dict[str, str]]:
+    """The decoder template's own values for each decoder model of this build (GPU: each its own engine);
+    its extra inputs are filled from `shared` (values_for: the prompt table's type)."""
     names = ["decoder"] + ([LLM_DECODER] if "llm_mode" in manifest else [])
     values = {}
     for name in names:
         decoupled, mode, extra_io, engine = DECODERS[name]
+        extra = fill((templates() / extra_io).read_text(encoding="utf-8"), shared, templates() / extra_io)
         values[name] = {"model_name": name, "decoupled": str(decoupled).lower(), "decoder_mode": mode,
-                        "decoder_extra_io": (templates() / extra_io).read_text(encoding="utf-8")}  # fmt: skip
+                        "decoder_extra_io": extra}  # fmt: skip
         if manifest["target"] == "gpu":
             values[name]["llm_engine_dir"] = str((build / manifest[engine]).resolve())
     return values
@@ -118,7 +125,7 @@ def write_model_repository(build: Path, manifest: dict, overrides: dict | None =
     """Fill the templates into `out` (default BUILD/model_repository), replaced if it exists."""
     flavour = manifest["target"]
     values = values_for(manifest, build, overrides)
-    decoders = decoder_values(manifest, build)
+    decoders = decoder_values(manifest, build, values)
     out = Path(out) if out is not None else build / MODEL_REPOSITORY
     if out.exists():
         shutil.rmtree(out)

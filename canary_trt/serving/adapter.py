@@ -1,17 +1,21 @@
 """`adapter`: audio embeddings -> one decoder request per clip, in the tensorrt_llm backend's terms.
 
 The chat prompt (default instruction, or the request's PROMPT) has its placeholder replaced by fake ids
-vocab_size .. vocab_size + T' - 1; the embeddings become the request's FP16 prompt table (python models
-cannot carry BF16, and the TensorRT-LLM engine is built in FP16). The build's budgets (export.json: prompt
-tokens, new tokens, audio rows; the GPU engine is built for exactly these) are enforced here, by name, so
-both flavours refuse the same requests with the same words.
+vocab_size .. vocab_size + T' - 1; the embeddings become the request's prompt table, in the type this model's
+config declares for it (export/repository.py PROMPT_TABLE_TYPE): FP16 for the GPU flavour (python models
+cannot carry BF16, and the TensorRT-LLM engine is built in FP16), FP32 unchanged for the CPU flavour, whose
+fp32 decoder is then exact end to end. The build's budgets (export.json: prompt tokens, new tokens, audio
+rows; the GPU engine is built for exactly these) are enforced here, by name, so both flavours refuse the
+same requests with the same words.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 
 import numpy as np
+import triton_python_backend_utils as pb_utils
 
 from ..contract import INPUT_MAX_NEW_TOKENS, INPUT_PROMPT, MAX_PROMPT_BYTES, Budgets
 from ..decoding import splice_fake_ids
@@ -28,6 +32,7 @@ class TritonPythonModel:
         self.placeholder_id, self.eos_id, self.pad_id = placeholder_id(self.tokenizer), eos_id(self.tokenizer), pad_id(self.tokenizer)
         self.vocab_size = manifest["vocab_size"]
         self.budgets = Budgets.from_manifest(manifest)
+        self.table_dtype = output_dtype(json.loads(args["model_config"]), "prompt_embedding_table")
         self.prompt_ids = functools.lru_cache(maxsize=256)(self._prompt_ids)  # per instance: no hold on the class
 
     def _prompt_ids(self, instruction: str) -> tuple[int, ...]:
@@ -69,10 +74,17 @@ class TritonPythonModel:
             "request_output_len": column(new_tokens),
             "end_id": column([self.eos_id] * len(ids)),
             "pad_id": column([self.pad_id] * len(ids)),
-            "prompt_embedding_table": embeddings[:, : lengths.max()].astype(np.float16),
+            "prompt_embedding_table": embeddings[:, : lengths.max()].astype(self.table_dtype, copy=False),
             "prompt_vocab_size": column(lengths),
             "runtime_top_k": column([GREEDY_TOP_K] * len(ids)),
         }
+
+
+def output_dtype(config: dict, name: str) -> np.dtype | None:
+    """The numpy type of the config's output `name` (the config, filled per flavour, is the one source), or
+    None where the config has no such output (canary_qwen_long, which reuses this model's PROMPT check only)."""
+    output = pb_utils.get_output_config_by_name(config, name)
+    return None if output is None else np.dtype(pb_utils.triton_string_to_numpy(output["data_type"]))
 
 
 def instruction_text(value) -> str:
