@@ -276,10 +276,17 @@ def test_queue_time_rule_sums_every_models_queue_over_the_ensembles_requests():
 
 
 def tensorrtllm_model() -> str:
-    """The Triton name of the GPU repository's tensorrtllm model: the `model` label of its gauges."""
+    """The Triton name of the GPU repository's ASR tensorrtllm model: the `model` label of the gauges the
+    autoscaler reads. The template is filled once per decoder (export/repository.py DECODERS); the ASR one
+    is the model the ensemble calls."""
+    from canary_trt.export.repository import DECODERS
+
     config = (REPOSITORY / "gpu" / "decoder" / "config.pbtxt").read_text(encoding="utf-8")
-    assert re.search(r'^backend: "tensorrtllm"$', config, re.M)
-    return re.search(r'^name: "(\w+)"$', config, re.M).group(1)
+    assert re.search(r'^backend: "tensorrtllm"$', config, re.M) and re.search(r'^name: "\$\{model_name\}"$', config, re.M)
+    (asr,) = [name for name, (_, mode, *_) in DECODERS.items() if mode == "asr"]
+    ensemble = (REPOSITORY / "common" / "canary_qwen" / "config.pbtxt").read_text(encoding="utf-8")
+    assert f'model_name: "{asr}"' in ensemble
+    return asr
 
 
 def test_tensorrtllm_rules_select_the_backends_gauges_as_recorded_upstream():

@@ -26,6 +26,7 @@ from ..contract import (CHAT_MODEL, INPUT_ENABLE_THINKING, INPUT_MAX_NEW_TOKENS,
                         INPUT_WAV, INPUT_WAV_LENS, OUTPUT_ANSWER, OUTPUT_ANSWER_TOKEN_IDS, OUTPUT_DELTA_KIND,
                         OUTPUT_DELTA_TEXT, OUTPUT_FINISH_REASON, OUTPUT_PROMPT_TOKENS, OUTPUT_REASONING,
                         OUTPUT_TRANSCRIPT, OUTPUT_TRANSCRIPT_TOKEN_IDS, STREAM_REFUSAL)  # fmt: skip
+from .tensors import infer_inputs
 
 __all__ = ["CHAT_MODEL", "Answer", "AnswerDelta"]
 
@@ -63,12 +64,7 @@ def chat_request(module, question: str, samples: np.ndarray | None, enable_think
         tensors.append((INPUT_MAX_NEW_TOKENS, np.array([[max_new_tokens]], dtype=np.int32), "INT32"))
     if enable_thinking is not None:
         tensors.append((INPUT_ENABLE_THINKING, np.array([[enable_thinking]], dtype=bool), "BOOL"))
-    inputs = []
-    for name, value, dtype in tensors:
-        tensor = module.InferInput(name, list(value.shape), dtype)
-        tensor.set_data_from_numpy(value)
-        inputs.append(tensor)
-    return inputs
+    return infer_inputs(module, tensors)
 
 
 def read_chat_response(result) -> AnswerDelta | Answer:
@@ -93,6 +89,13 @@ def _text(result, name: str) -> str | None:
         return None
     value = array.reshape(-1)[0]
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _reply(result, error) -> AnswerDelta | Answer:
+    """A stream's callback pair as what it carries, or its error raised (with_status)."""
+    if error is not None:
+        raise with_status(error)
+    return read_chat_response(result)
 
 
 def with_status(error):
@@ -130,10 +133,7 @@ def stream_sync(triton, inputs: list, timeout: float | None) -> Iterator[AnswerD
     try:
         triton.async_stream_infer(CHAT_MODEL, inputs)
         while True:
-            result, error = replies.get()
-            if error is not None:
-                raise with_status(error)
-            item = read_chat_response(result)
+            item = _reply(*replies.get())
             yield item
             if isinstance(item, Answer):
                 return
@@ -150,9 +150,7 @@ async def stream_async(triton, inputs: list, timeout: float | None) -> AsyncIter
     responses = triton.stream_infer(requests(), stream_timeout=timeout)
     try:
         async for result, error in responses:
-            if error is not None:
-                raise with_status(error)
-            item = read_chat_response(result)
+            item = _reply(result, error)
             yield item
             if isinstance(item, Answer):
                 return

@@ -47,6 +47,11 @@ def request_inputs(module, samples: np.ndarray, prompt: str | None, max_new_toke
         tensors.append((INPUT_PROMPT, np.array([[prompt.encode("utf-8")]], dtype=object), "BYTES"))
     if max_new_tokens is not None:
         tensors.append((INPUT_MAX_NEW_TOKENS, np.array([[max_new_tokens]], dtype=np.int32), "INT32"))
+    return infer_inputs(module, tensors)
+
+
+def infer_inputs(module, tensors: list[tuple[str, np.ndarray, str]]) -> list:
+    """(name, value, Triton dtype) triples as `module`'s InferInputs."""
     inputs = []
     for name, value, dtype in tensors:
         tensor = module.InferInput(name, list(value.shape), dtype)
