@@ -15,8 +15,9 @@ step t+1's past_key_values.{i}, and ORT allocates the outputs. Full-cache copies
   1.32 (contiguous fp32 inputs are wrapped, outputs come back as numpy views of ORT's buffers), but only
   by that bridge's behaviour; binding OrtValues makes it the contract, and no feed dict or 2 * layers
   numpy wrappers are built per step;
-- when rows leave the batch (rare: only at a step where some row ends), 1: numpy gathers the kept rows
-  and columns once (exact), and the gathered arrays are wrapped as OrtValues without another copy.
+- when rows leave the batch (only at a step where some row ends), 1: numpy gathers the kept rows and
+  columns once (exact), and the gathered arrays are wrapped as OrtValues without another copy; when rows
+  join a running batch (DecodeBatch.join), 1: the running and the new cache, left-padded to one width.
 The graph already computes the logits of the last position only ([B, V]); greedy needs the argmax over
 the whole vocabulary, so no narrower head is exact.
 """
@@ -100,43 +101,15 @@ class GreedyDecoder:
         """Greedy ids per request, without the end id: all requests prefilled together, then decoded one
         token per step, each row leaving the batch when it emits its end_id or reaches max_new_tokens.
         on_tokens: called after every step with that step's new tokens, {request index: token} (streaming)."""
-        results: list[list[int]] = [[] for _ in requests]
-        live = np.array([i for i, r in enumerate(requests) if r.max_new_tokens > 0], dtype=np.int64)
-        if len(live) == 0:
-            return results
-        prompts = [self.embed(requests[i]) for i in live]
-        width = max(len(p) for p in prompts)
-        embeds = np.zeros((len(live), width, self.hidden), np.float32)
-        mask = np.zeros((len(live), width), np.int64)
-        for row, p in enumerate(prompts):
-            embeds[row, width - len(p) :] = p
-            mask[row, width - len(p) :] = 1
-        positions = np.maximum(mask.cumsum(axis=1) - 1, 0)
-        empty = self._wrap(np.zeros((len(live), self.kv_heads, 0, self.head_dim), np.float32))
-        logits, cache = self._run(embeds, mask, positions, [empty] * (2 * self.num_layers))
-        positions = positions[:, -1:]
-
-        end_ids = np.array([r.end_id for r in requests])
-        budgets = np.array([r.max_new_tokens for r in requests])
+        batch, results = DecodeBatch(self), {}
+        new, done = batch.join(dict(enumerate(requests)))
         while True:
-            tokens = logits.argmax(axis=-1)
-            keep = tokens != end_ids[live]
-            step = {int(i): int(token) for i, token in zip(live[keep], tokens[keep])}
-            for i, token in step.items():
-                results[i].append(token)
-            if on_tokens and step:
-                on_tokens(step)
-            keep &= np.array([len(results[i]) < budgets[i] for i in live])
-            if not keep.any():
-                return results
-            if not keep.all():  # drop finished rows, then the padding columns no remaining row needs
-                live, tokens, mask, positions = live[keep], tokens[keep], mask[keep], positions[keep]
-                start = int(mask.argmax(axis=1).min())
-                mask, cache = mask[:, start:], self._gather(cache, keep, start)
-            mask = np.concatenate([mask, np.ones((len(live), 1), np.int64)], axis=1)
-            positions = positions + 1
-            embeds = self.embeddings[tokens][:, None]
-            logits, cache = self._run(embeds, mask, positions, cache)
+            if on_tokens and new:
+                on_tokens(new)
+            results.update(done)
+            if not batch:
+                return [results[i] for i in range(len(requests))]
+            new, done = batch.step()
 
     def _run(self, embeds, mask, positions, cache: list) -> tuple[np.ndarray, list]:
         """One step: logits as numpy (a view of ORT's buffer), the present cache as OrtValues, to be bound
@@ -153,7 +126,105 @@ class GreedyDecoder:
         logits, *present = binding.get_outputs()
         return logits.numpy(), present
 
-    def _gather(self, cache: list, keep: np.ndarray, start: int) -> list:
-        """The kept rows and the columns from `start`, as new OrtValues: one numpy copy (the OrtValues' numpy
-        views share ORT's memory, and the result is wrapped as it is)."""
-        return [self._wrap(np.ascontiguousarray(c.numpy()[keep, :, start:])) for c in cache]
+
+class DecodeBatch:
+    """The rows decoding together, keyed by the caller: their KV cache (OrtValues, left-padded to one width),
+    attention mask, positions, and each row's last token, emitted and not yet fed. Requests join at a step
+    boundary (prefilled together, then padded into the running batch: in-flight batching) and leave as soon as
+    they end. A row's tokens do not depend on what joins or leaves around it: padding is masked, positions are
+    the row's own, and every exact copy (join, leave) moves whole rows and columns.
+
+    join() and step() return that call's new tokens {key: token} and the rows that ended {key: their ids}."""
+
+    def __init__(self, decoder: GreedyDecoder):
+        self.decoder = decoder
+        self.keys: list = []  # row -> key
+        self.requests: dict = {}
+        self.results: dict = {}
+        self.cache: list = []
+        self.mask = np.zeros((0, 0), np.int64)
+        self.positions = np.zeros((0, 1), np.int64)
+        self.tokens = np.zeros(0, np.int64)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def join(self, requests: dict) -> tuple[dict, dict]:
+        """Prefill `requests` {key: Request} together (keys new to this batch) and add them to the running
+        rows; nothing changes here if the prefill fails."""
+        done = {key: [] for key, r in requests.items() if r.max_new_tokens <= 0}
+        keys = [key for key in requests if key not in done]
+        if not keys:
+            return {}, done
+        d = self.decoder
+        prompts = [d.embed(requests[key]) for key in keys]
+        width = max(len(p) for p in prompts)
+        embeds = np.zeros((len(keys), width, d.hidden), np.float32)
+        mask = np.zeros((len(keys), width), np.int64)
+        for row, p in enumerate(prompts):
+            embeds[row, width - len(p) :] = p
+            mask[row, width - len(p) :] = 1
+        positions = np.maximum(mask.cumsum(axis=1) - 1, 0)
+        empty = d._wrap(np.zeros((len(keys), d.kv_heads, 0, d.head_dim), np.float32))
+        logits, cache = d._run(embeds, mask, positions, [empty] * (2 * d.num_layers))
+        if self.keys:  # both sides left-padded to the wider one; one exact copy of the running cache
+            pad = mask.shape[1] - self.mask.shape[1]
+            cache = [d._wrap(np.concatenate([_left_pad(old.numpy(), pad), _left_pad(new.numpy(), -pad)]))
+                     for old, new in zip(self.cache, cache)]  # fmt: skip
+            mask = np.concatenate([_left_pad(self.mask, pad), _left_pad(mask, -pad)])
+            positions = np.concatenate([self.positions, positions[:, -1:]])
+        self.requests.update({key: requests[key] for key in keys})
+        self.results.update({key: [] for key in keys})
+        self.keys, self.cache, self.mask, self.positions = self.keys + keys, cache, mask, positions[:, -1:]
+        self.tokens = np.concatenate([self.tokens, np.zeros(len(keys), np.int64)])
+        new, ended = self._emit(logits, first_row=len(self.keys) - len(keys))
+        return new, {**done, **ended}
+
+    def step(self) -> tuple[dict, dict]:
+        """Feed every row's last token: one new token per row."""
+        d = self.decoder
+        self.mask = np.concatenate([self.mask, np.ones((len(self), 1), np.int64)], axis=1)
+        self.positions = self.positions + 1
+        logits, self.cache = d._run(d.embeddings[self.tokens][:, None], self.mask, self.positions, self.cache)
+        return self._emit(logits, first_row=0)
+
+    def _emit(self, logits: np.ndarray, first_row: int) -> tuple[dict, dict]:
+        """The rows from first_row take their argmax; rows that emit their end_id or reach their budget leave."""
+        tokens = logits.argmax(axis=-1)
+        self.tokens[first_row:] = tokens
+        new, keep = {}, np.ones(len(self), bool)
+        for row, token in enumerate(tokens.tolist(), start=first_row):
+            key = self.keys[row]
+            request, ids = self.requests[key], self.results[key]
+            if token != request.end_id:
+                ids.append(token)
+                new[key] = token
+            keep[row] = token != request.end_id and len(ids) < request.max_new_tokens
+        return new, self._leave(keep)
+
+    def _leave(self, keep: np.ndarray) -> dict:
+        """Drop the rows not kept, then the padding columns no remaining row needs: one exact numpy copy of
+        the kept cache (its numpy views share ORT's memory; the result is wrapped as it is)."""
+        if keep.all():
+            return {}
+        ended = [key for key, kept in zip(self.keys, keep) if not kept]
+        done = {key: self.results.pop(key) for key in ended}
+        for key in ended:
+            del self.requests[key]
+        self.keys = [key for key, kept in zip(self.keys, keep) if kept]
+        self.mask, self.positions, self.tokens = self.mask[keep], self.positions[keep], self.tokens[keep]
+        start = int(self.mask.argmax(axis=1).min()) if self.keys else self.mask.shape[1]
+        self.mask = self.mask[:, start:]
+        wrap = self.decoder._wrap
+        self.cache = [wrap(np.ascontiguousarray(c.numpy()[keep, :, start:])) for c in self.cache] if self.keys else []
+        return done
+
+
+def _left_pad(array: np.ndarray, columns: int) -> np.ndarray:
+    """`columns` zero columns before axis -1 of a mask [B, T] or axis 2 of a cache [B, heads, T, dim]."""
+    if columns <= 0:
+        return array
+    axis = 1 if array.ndim == 2 else 2
+    shape = list(array.shape)
+    shape[axis] = columns
+    return np.concatenate([np.zeros(shape, array.dtype), array], axis=axis)

@@ -3,6 +3,7 @@ stays ready, and a valid request still succeeds afterwards. A bad request batche
 alone; the good ones get their correct tokens. The load/unload API is refused."""
 
 import concurrent.futures
+import threading
 import urllib.request
 
 import numpy as np
@@ -219,6 +220,7 @@ def serving(monkeypatch):
     fake.TritonError = _TritonError
     fake.Tensor = lambda name, value: types.SimpleNamespace(name=name, value=value)
     fake.InferenceResponse = _Response
+    fake.TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
     fake.get_input_tensor_by_name = lambda request, name: (
         None if name not in request else types.SimpleNamespace(as_numpy=lambda: request[name]))  # fmt: skip
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake)
@@ -230,12 +232,47 @@ def serving(monkeypatch):
 
 
 class _Failing:
+    """ONNX Runtime failing in every session (the encoder's) and decoder (inflight.InflightBatcher's)."""
+
     vocab_size = 100
 
     def run(self, *args):
         raise RuntimeError("ONNX Runtime exploded")
 
-    generate = run
+    embed = run
+
+
+class _Request(dict):
+    """A decoder request: its tensors, and a response sender recording the one final response."""
+
+    def __init__(self, tensors):
+        super().__init__(tensors)
+        self.final = threading.Event()
+        self.response = None
+
+    def get_response_sender(self):
+        return self
+
+    def send(self, response=None, flags=0):
+        assert flags == 1 and self.response is None, "one final response per request"
+        self.response = response
+        self.final.set()
+
+
+def _decode(serving, requests: list[dict]) -> list:
+    """The CPU decoder's responses to `requests`, sent from its decoding thread, over a failing ONNX Runtime."""
+    from canary_trt.inflight import InflightBatcher
+
+    decoder = serving.decoder.TritonPythonModel()
+    decoder.name, decoder.decoupled, decoder.decoder, decoder.budgets = "decoder", False, _Failing(), Budgets()
+    decoder.batcher = InflightBatcher(decoder.decoder, max_rows=4)
+    requests = [_Request(r) for r in requests]
+    try:
+        assert decoder.execute(requests) is None
+        assert all(r.final.wait(30) for r in requests)
+    finally:
+        decoder.finalize()
+    return [r.response for r in requests]
 
 
 def _wav(samples):
@@ -252,11 +289,9 @@ def test_an_onnx_runtime_failure_is_an_error_response_per_request(serving):
                                             "encoder: internal error: RuntimeError: ONNX Runtime exploded"]  # fmt: skip
     assert [r.error.code for r in responses] == [None, "INVALID_ARG", None]  # the client's fault only in the middle
 
-    decoder = serving.decoder.TritonPythonModel()
-    decoder.decoder, decoder.budgets = _Failing(), Budgets()
     ok = {"input_ids": np.array([[1, 2, 3]], np.int32), "input_lengths": np.array([3], np.int32),
           "request_output_len": np.array([4], np.int32), "end_id": np.array([5], np.int32)}  # fmt: skip
-    responses = decoder.execute([ok, {**ok, "input_ids": np.array([[1, 2, 300]], np.int32)}, ok])
+    responses = _decode(serving, [ok, {**ok, "input_ids": np.array([[1, 2, 300]], np.int32)}, ok])
     assert responses[0].error == responses[2].error == "decoder: internal error: RuntimeError: ONNX Runtime exploded"
     assert "outside the vocabulary" in responses[1].error
 
@@ -264,8 +299,6 @@ def test_an_onnx_runtime_failure_is_an_error_response_per_request(serving):
 def test_the_cpu_decoder_holds_every_request_to_the_builds_budgets(serving):
     """Called directly (not through the adapter), the CPU decoder still refuses what the GPU engine could not
     hold, by name, so no request grows the KV cache past the build's max_seq_len; sampling is greedy only."""
-    decoder = serving.decoder.TritonPythonModel()
-    decoder.decoder, decoder.budgets = _Failing(), Budgets()
     ok = {"input_ids": np.array([[1, 2, 3]], np.int32), "input_lengths": np.array([3], np.int32),
           "request_output_len": np.array([4], np.int32), "end_id": np.array([5], np.int32)}  # fmt: skip
     cases = {
@@ -274,7 +307,7 @@ def test_the_cpu_decoder_holds_every_request_to_the_builds_budgets(serving):
                                                                     "input_lengths": np.array([564], np.int32)},
         "runtime_top_k 2: the CPU decoder decodes greedily": {"runtime_top_k": np.array([2], np.int32)},
     }  # fmt: skip
-    responses = decoder.execute([{**ok, **change} for change in cases.values()])
+    responses = _decode(serving, [{**ok, **change} for change in cases.values()])
     assert [r.error for r in responses] == [r.error for r in responses if r.error.code == "INVALID_ARG"]
     for message, response in zip(cases, responses):
         assert message in response.error

@@ -34,9 +34,12 @@ DECODERS = {"decoder": (False, "asr", PROMPT_TABLE_IO, "llm_engine"),
 # Written only into a build exported with --llm-mode (its manifest has "llm_mode"): the base LLM and the chat
 # BLS model that calls it (serving/chat.py, template common/canary_qwen_chat).
 LLM_MODE_MODELS = (LLM_DECODER, CHAT_MODEL)
-# CPU: the decoder works through every request the batcher hands over at once, so a short wait to
-# gather concurrent requests costs little next to seconds of decoding. GPU: in-flight batching needs none.
+# The models before and after the decoder (encoder, adapter, detokenizer) batch what arrives together. CPU: a
+# short wait to gather concurrent requests costs little next to seconds of decoding. The decoders wait for
+# nothing (DECODER_QUEUE_DELAY_US): both flavours batch in flight, a request joins the running batch at the
+# next step (CPU: inflight.py; GPU: the tensorrtllm backend's executor).
 QUEUE_DELAY_US = {"cpu": 20_000, "gpu": 1_000}
+DECODER_QUEUE_DELAY_US = 0
 CPU_MAX_BATCH = 32
 # Bounded queues (every model's dynamic batcher; the ensemble has none): requests beyond max_queue_size
 # waiting, or waiting longer than the timeout, are rejected with an explicit error. CPU: two full decoder
@@ -44,10 +47,8 @@ CPU_MAX_BATCH = 32
 # batching drains far faster; a deeper queue, a shorter wait.
 MAX_QUEUE_SIZE = {"cpu": 64, "gpu": 1024}
 QUEUE_TIMEOUT_US = {"cpu": 300_000_000, "gpu": 120_000_000}
-# The GPU decoder (the tensorrtllm backend, model_repository/gpu/decoder): no wait in Triton's batcher,
-# the executor batches in flight (the encoder keeps QUEUE_DELAY_US). CUDA graphs for generation-only
+# The GPU decoder (the tensorrtllm backend, model_repository/gpu/decoder): CUDA graphs for generation-only
 # steps, an LRU of this many captured batch shapes: on by default, overridable for an on/off comparison.
-GPU_DECODER_QUEUE_DELAY_US = 0
 GPU_DECODER_CUDA_GRAPHS = True
 GPU_DECODER_CUDA_GRAPH_CACHE_SIZE = 64
 # audio_check's length buckets. GPU: the TensorRT encoder batches only equal shapes; 2 s buckets waste at
@@ -73,6 +74,7 @@ def values_for(manifest: dict, build: Path, overrides: dict | None = None) -> di
         "build_dir": str(build.resolve()),
         "hidden_size": manifest["hidden_size"],
         "queue_delay_us": QUEUE_DELAY_US[flavour],
+        "decoder_queue_delay_us": DECODER_QUEUE_DELAY_US,
         "max_queue_size": MAX_QUEUE_SIZE[flavour],
         "queue_timeout_us": QUEUE_TIMEOUT_US[flavour],
         "max_audio_seconds": budgets.max_audio_seconds,
@@ -93,7 +95,6 @@ def values_for(manifest: dict, build: Path, overrides: dict | None = None) -> di
     else:
         values.update(max_batch_size=manifest["max_batch_size"], encoder_max_batch_size=manifest["encoder_max_batch_size"],
                       kv_cache_free_gpu_mem_fraction=manifest["kv_cache_free_gpu_mem_fraction"],
-                      decoder_queue_delay_us=GPU_DECODER_QUEUE_DELAY_US,
                       decoder_cuda_graph_mode=str(GPU_DECODER_CUDA_GRAPHS).lower(),
                       decoder_cuda_graph_cache_size=GPU_DECODER_CUDA_GRAPH_CACHE_SIZE)  # fmt: skip
     unknown = set(overrides or {}) - set(values)

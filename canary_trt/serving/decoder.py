@@ -1,6 +1,10 @@
 """`decoder` and `llm_decoder` (CPU flavour): the tensorrt_llm backend's tensor contract, served by batched
-greedy decoding in ONNX Runtime. All requests handed over at once decode together with a KV cache; each
-request's tokens do not depend on the others (decoding.py). The build's budgets bound every request
+greedy decoding in ONNX Runtime with in-flight batching, as the tensorrt_llm backend batches on GPU: execute
+only checks and queues each request (inflight.py); a thread decodes, requests join the running batch at the
+next step and leave when they end, and each is answered through its own response sender. A request's tokens
+do not depend on what decodes beside it (decoding.py DecodeBatch). Non-decoupled `decoder` sends exactly one
+final response per request that way and execute returns None, which the python backend allows for
+non-decoupled models too (tests/test_serving.py serves through it). The build's budgets bound every request
 (prompt length, new tokens, their sum), as the TensorRT-LLM engine's max_input_len / max_seq_len do on GPU, so
 one request cannot grow the KV cache without limit; a refusal names the budget.
 
@@ -14,14 +18,15 @@ end_id; streaming false sends all the tokens in one final response."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from ..contract import Budgets, LlmBudgets
 from ..decoding import GreedyDecoder, Request
-from .triton import BadRequest, batched, build_manifest, guarded, internal_error, parameters, refusal, respond, tensor
+from ..inflight import InflightBatcher
+from .triton import BadRequest, build_manifest, internal_error, log_error, parameters, refusal, respond, tensor
 
 # mode -> the manifest's decoder entry and its budgets
 MODES = {"asr": ("decoder", Budgets.from_manifest), "llm": ("llm_decoder", LlmBudgets.from_manifest)}
@@ -38,12 +43,24 @@ class TritonPythonModel:
         threads = int(parameters(args).get("threads", "0")) or None
         self.decoder = GreedyDecoder(build / manifest[entry], build / manifest["embeddings"], threads)
         self.budgets = budgets(manifest)
+        # max_batch_size bounds both what one execute hands over and how many rows decode together
+        self.batcher = InflightBatcher(self.decoder, config["max_batch_size"],
+                                       on_sink_error=lambda e: log_error(f"{self.name}: sending a response: {e}"))  # fmt: skip
 
-    def execute(self, requests):
-        if self.decoupled:
-            return self._stream(requests)
-        run = lambda batch: batched(self.name, batch, self.parse, self.decoder.generate, _pack)  # noqa: E731
-        return guarded(self.name, requests, run)
+    def execute(self, requests) -> None:
+        for request in requests:
+            reply = _Reply(request.get_response_sender(), self.name, self.decoupled)
+            try:
+                reply.open(self.parse(request), tensor(request, "streaming", required=False))
+                self.batcher.submit(reply.items, reply)  # blocks while the batcher's waiting room is full
+            except BadRequest as e:
+                reply.close(refusal(e))
+            except Exception as e:  # a bug, or shutting down: this request only
+                reply.fail(e)
+        return None
+
+    def finalize(self) -> None:
+        self.batcher.close()
 
     def parse(self, request) -> list[Request]:
         ids, lengths = tensor(request, "input_ids"), tensor(request, "input_lengths")
@@ -65,31 +82,6 @@ class TritonPythonModel:
             items.append(Request(row_ids, table, int(new_tokens[i]), int(end_ids[i])))
         return items
 
-    def _stream(self, requests) -> None:
-        """Decoupled: every request's responses go through its own sender; execute returns None."""
-        streams = []
-        for request in requests:
-            stream = _Stream(request.get_response_sender())
-            try:
-                stream.open(self.parse(request), tensor(request, "streaming", required=False))
-                streams.append(stream)
-            except BadRequest as e:
-                stream.close(refusal(e))
-            except Exception as e:  # a bug, not the client's fault: this request only
-                stream.close(internal_error(self.name, e)[0])
-        if not streams:
-            return None
-        try:
-            stream_tokens = lambda step: [streams[i].token(token) for i, token in step.items()]  # noqa: E731
-            results = self.decoder.generate([s.request for s in streams], on_tokens=stream_tokens)
-        except Exception as e:  # ONNX Runtime failed: every request of this run that is still open gets the error
-            for stream, response in zip(streams, internal_error(self.name, e, len(streams))):
-                stream.close(response)
-            return None
-        for stream, ids in zip(streams, results):
-            stream.finish(ids)
-        return None
-
 
 def _check_budgets(budgets: Budgets | LlmBudgets, lengths: np.ndarray, new_tokens: np.ndarray) -> None:
     """Each bound named by its budget in export.json (LLM mode: the prompt and its answer share max_context_tokens;
@@ -109,34 +101,47 @@ def _check_budgets(budgets: Budgets | LlmBudgets, lengths: np.ndarray, new_token
 
 
 @dataclass
-class _Stream:
-    """One decoupled request's responses, in the tensorrtllm backend's order (module doc)."""
+class _Reply:
+    """One request's responses (inflight.Sink): `decoder`, one final response with every row's tokens;
+    decoupled `llm_decoder` (one row), the tensorrtllm backend's order (module doc)."""
 
     sender: object
-    request: Request | None = None
+    model: str
+    decoupled: bool
+    items: list[Request] = field(default_factory=list)
     streaming: bool = False
+    results: dict[int, list[int]] = field(default_factory=dict)
     sent: int = 0
     closed: bool = False
 
     def open(self, items: list[Request], streaming: np.ndarray | None) -> None:
-        if len(items) != 1:
-            raise BadRequest(f"llm_decoder takes one sequence per request, not {len(items)}")
-        self.request, self.streaming = items[0], streaming is not None and bool(streaming.any())
+        if self.decoupled and len(items) != 1:
+            raise BadRequest(f"{self.model} takes one sequence per request, not {len(items)}")
+        self.items = items
+        self.streaming = self.decoupled and streaming is not None and bool(streaming.any())
 
-    def token(self, token: int) -> None:
-        """A new token (GreedyDecoder's on_tokens): streamed at once, final if it is the last one allowed."""
+    def token(self, row: int, token: int) -> None:
+        """A new token: streamed at once, final if it is the last one allowed."""
         if self.streaming:
             self.sent += 1
-            self._send([token], final=self.sent == self.request.max_new_tokens)
+            self._send([token], final=self.sent == self.items[0].max_new_tokens)
 
-    def finish(self, ids: list[int]) -> None:
-        if not self.closed:  # streaming: ended at end_id, which is never output (or asked for no token)
+    def done(self, row: int, ids: list[int]) -> None:
+        self.results[row] = ids
+        if len(self.results) < len(self.items) or self.closed:
+            return
+        if not self.decoupled:
+            self.close(respond(_pack(self.items, [self.results[i] for i in range(len(self.items))])))
+        else:  # streaming: it ended at end_id, which is never output (or it asked for no token)
             self._send([] if self.streaming else ids, final=True)
+
+    def fail(self, error: BaseException) -> None:
+        self.close(internal_error(self.model, error)[0])
 
     def close(self, response) -> None:
         if not self.closed:
-            self.sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
             self.closed = True
+            self.sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
     def _send(self, ids: list[int], final: bool) -> None:
         outputs = {"output_ids": np.array(ids, np.int32).reshape(1, 1, -1),
