@@ -41,6 +41,9 @@ LLM_MODE_MODELS = (LLM_DECODER, CHAT_MODEL)
 QUEUE_DELAY_US = {"cpu": 20_000, "gpu": 1_000}
 DECODER_QUEUE_DELAY_US = 0
 CPU_MAX_BATCH = 32
+# ONNX Runtime intra-op threads of the CPU encoder and decoders (0: its default, one per physical core); the two
+# run in separate processes on the same cores.
+CPU_THREADS = {"encoder_threads": 0, "decoder_threads": 0}
 # Bounded queues (every model's dynamic batcher; the ensemble has none): requests beyond max_queue_size
 # waiting, or waiting longer than the timeout, are rejected with an explicit error. CPU: two full decoder
 # batches may wait, and a few minutes of waiting is the most a CPU client should see. GPU: in-flight
@@ -91,7 +94,7 @@ def values_for(manifest: dict, build: Path, overrides: dict | None = None) -> di
         "decoder_io": (templates() / DECODER_IO).read_text(encoding="utf-8"),
     }  # fmt: skip
     if flavour == "cpu":
-        values.update(max_batch_size=CPU_MAX_BATCH, encoder_max_batch_size=CPU_MAX_BATCH, threads=0)  # 0: ORT's default
+        values.update(max_batch_size=CPU_MAX_BATCH, encoder_max_batch_size=CPU_MAX_BATCH, **CPU_THREADS)
     else:
         values.update(max_batch_size=manifest["max_batch_size"], encoder_max_batch_size=manifest["encoder_max_batch_size"],
                       kv_cache_free_gpu_mem_fraction=manifest["kv_cache_free_gpu_mem_fraction"],
