@@ -28,8 +28,8 @@ K8S = DEPLOY / "kubernetes"
 KUBERNETES_VERSIONS = ("1.31", "1.37")
 # Custom resources have no schema in kubernetes-validate: test_podmonitor checks them by hand.
 CRDS = {("monitoring.coreos.com/v1", "PodMonitor")}
-KINDS = ["Deployment", "Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget", "PodMonitor", "Service",
-         "Service", "Service"]
+KINDS = ["Deployment", "Deployment", "HorizontalPodAutoscaler", "NetworkPolicy", "NetworkPolicy", "NetworkPolicy",
+         "PodDisruptionBudget", "PodMonitor", "Service", "Service", "Service"]
 TRITON, API = "canary-qwen", "canary-qwen-api"  # the Deployments: Triton pods, the OpenAI-compatible front
 PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
 ENSEMBLE = "canary_qwen"
@@ -79,6 +79,11 @@ def render(overlay: str) -> list[dict]:
 
 def load(path: Path) -> dict:
     return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def export_job() -> list[dict]:
+    """jobs/export-gpu.yaml: the Job and the NetworkPolicy that isolates its pod."""
+    return [doc for doc in yaml.safe_load_all((K8S / "jobs" / "export-gpu.yaml").read_text(encoding="utf-8")) if doc]
 
 
 def of_kind(objects: list[dict], kind: str) -> list[dict]:
@@ -188,7 +193,7 @@ def rendered(request) -> list[dict]:
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 def test_every_object_matches_the_kubernetes_schema(rendered, version):
     assert sorted(obj["kind"] for obj in rendered) == KINDS
-    for obj in [*rendered, load(K8S / "jobs" / "export-gpu.yaml")]:
+    for obj in [*rendered, *export_job()]:
         if (obj["apiVersion"], obj["kind"]) in CRDS:
             with pytest.raises(kubernetes_validate.SchemaNotFoundError):  # a CRD: no silent pass
                 kubernetes_validate.validate(obj, version, strict=True)
@@ -406,7 +411,7 @@ def test_gpu_overlay_runs_tritonserver_from_the_pinned_container_on_one_gpu():
     assert flags["--model-repository"] == "/build/model_repository"
     # The Job's two stages: `prepare` in the cpu overlay's image (PyTorch, NeMo), then `engines` in the
     # serving image, both on that PVC at /build, with the same options.
-    job_spec = load(K8S / "jobs" / "export-gpu.yaml")["spec"]["template"]["spec"]
+    job_spec = one(export_job(), "Job")["spec"]["template"]["spec"]
     (prepare,), (engines,) = job_spec["initContainers"], job_spec["containers"]
     job_volumes = {v["name"]: v for v in job_spec["volumes"]}
     claim = volumes[build]["persistentVolumeClaim"]["claimName"]

@@ -314,6 +314,26 @@ def test_503_when_triton_is_unreachable_and_401_without_the_key():
         front.stop()
 
 
+def test_with_a_key_the_front_refuses_a_missing_or_wrong_one_and_serves_the_right_one(server, client_texts):
+    """--api-key-env before a live Triton: 401s in OpenAI's shape (the official client's AuthenticationError),
+    the right key transcribes as the gRPC client does, and /health (the probes' path) needs no key."""
+    front = Front(server.grpc_url, "--api-key-env", "FRONT_KEY", env={"FRONT_KEY": "the-right-key"})
+    try:
+        assert httpx.get(f"{front.url}/health").status_code == 200
+        audio = {"file": (CLIPS[0].name, CLIPS[0].read_bytes())}
+        missing = assert_openai_error(front.post(files=audio, data={"model": SERVED}), 401, "API key")
+        wrong = assert_openai_error(front.post(files=audio, data={"model": SERVED},
+                                               headers={"Authorization": "Bearer the-wrong-key"}), 401, "API key")  # fmt: skip
+        assert (missing["code"], wrong["code"]) == (None, "invalid_api_key")
+        with pytest.raises(openai.AuthenticationError), open(CLIPS[0], "rb") as f:
+            front.openai("the-wrong-key").audio.transcriptions.create(model=SERVED, file=f)
+        with open(CLIPS[0], "rb") as f:
+            text = front.openai("the-right-key").audio.transcriptions.create(model=SERVED, file=f).text
+        assert text == client_texts[CLIPS[0].name]
+    finally:
+        front.stop()
+
+
 def test_a_dead_replica_among_the_triton_urls_costs_no_request(server, client_texts):
     """--triton-url with an unreachable replica first: every request is answered by the live one."""
     dead = f"127.0.0.1:{free_ports('127.0.0.1', None)[0]}"

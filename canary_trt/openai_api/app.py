@@ -33,6 +33,7 @@ from starlette.exceptions import HTTPException
 from ..client.api import MODEL, AsyncTranscriptionClient, RetryPolicy, Transcription
 from ..client.subtitles import render as render_subtitles
 from ..contract import MAX_AUDIO_SECONDS, SAMPLE_RATE
+from .auth import require_key
 from .chat import add_chat_routes
 from .errors import SERVER_ERROR, ApiError, bad_request, from_transcription_failure, too_busy, triton_message
 from .settings import MiB, Admission, Settings, known_model
@@ -60,13 +61,15 @@ def create_app(settings: Settings) -> FastAPI:
         yield
         await app.state.client.close()
 
-    app = FastAPI(title="canary-trt OpenAI-compatible transcription", lifespan=lifespan)
+    # With a key, nothing but /health answers without it: FastAPI's schema and docs pages are off too.
+    closed = {"openapi_url": None, "docs_url": None, "redoc_url": None} if settings.api_key else {}
+    app = FastAPI(title="canary-trt OpenAI-compatible transcription", lifespan=lifespan, **closed)
     admission = Admission(settings.max_in_flight + settings.max_queue)
     _install_error_handlers(app)
 
     def authorize(request: Request) -> None:
-        if settings.api_key and request.headers.get("authorization") != f"Bearer {settings.api_key}":
-            raise ApiError(401, "invalid or missing API key (Authorization: Bearer ...)", code="invalid_api_key")
+        if settings.api_key:
+            require_key(request.headers.get("authorization"), settings.api_key)
 
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(authorize)])
     created = int(time.time())
