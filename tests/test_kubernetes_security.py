@@ -293,28 +293,33 @@ def test_both_overlays_take_the_fronts_key_from_a_secret(rendered):
 # --- Live: read-only root filesystem, no capabilities ----------------------------------------------------------
 
 # Emulates a container's filesystem in a private mount namespace: a fresh tmpfs for /tmp (the emptyDir), the
-# build bound read-only at its own path inside it (the build records absolute paths), the root filesystem
-# remounted read-only; /dev/shm stays the host's tmpfs (the Memory emptyDir). Then no capabilities and
-# no_new_privs (allowPrivilegeEscalation: false) before exec. The uid stays this one: uid 1000 could not read
-# this machine's interpreter (under /root); the images' uid is checked above.
+# paths the image would hold (the build, which records absolute paths; this venv and this checkout, the image's
+# own files) bound read-only at their own paths inside it when they live under /tmp (a fresh clone may), the
+# root filesystem remounted read-only; /dev/shm stays the host's tmpfs (the Memory emptyDir). Then no
+# capabilities and no_new_privs (allowPrivilegeEscalation: false) before exec. The uid stays this one: uid 1000
+# could not read this machine's interpreter (under /root); the images' uid is checked above.
 SANDBOX = r"""
 set -eu
-scratch=$1; build=$2; shift 2
+scratch=$1; keep=$2; shift 2
 mount -t tmpfs -o size=1g,mode=1777 tmpfs "$scratch"
-case "$build" in /tmp/*)
-  inside="$scratch${build#/tmp}"
-  mkdir -p "$inside" && mount --bind "$build" "$inside" && mount -o remount,bind,ro "$inside";;
-esac
+for path in $keep; do case "$path" in /tmp/*)
+  inside="$scratch${path#/tmp}"
+  mkdir -p "$inside" && mount --bind "$path" "$inside" && mount -o remount,bind,ro "$inside";;
+esac; done
 if [ "$TMP_EMPTYDIR" = yes ]; then mount --move "$scratch" /tmp; fi
 mount -o remount,bind,ro /
 exec setpriv --no-new-privs --inh-caps=-all --bounding-set=-all -- "$@"
 """
+CHECKOUT = Path(__file__).resolve().parents[1]
 
 
 def sandbox(scratch: Path, build: Path | None, command: list[str]) -> list[str]:
+    """The sandboxed command line; kept paths nested in another kept one are covered by it."""
     scratch.mkdir()
+    paths = sorted({Path(p).resolve() for p in (build, sys.prefix, CHECKOUT) if p})
+    keep = [str(p) for p in paths if not any(q != p and q in p.parents for q in paths)]
     return ["unshare", "--mount", "--propagation", "private", "sh", "-c", SANDBOX, "sandbox", str(scratch),
-            str(build or ""), *command]  # fmt: skip
+            " ".join(keep), *command]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
