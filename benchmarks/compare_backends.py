@@ -3,14 +3,17 @@ PyTorch reference, the exported CPU build in ONNX Runtime, and the same build se
 
     .venv/bin/python benchmarks/compare_backends.py --checkpoint build/bench-full/checkpoint \\
         --build build/bench-full/build-cpu [--tokens 32] [--threads 2] \\
-        [--workloads batch,throughput,latency,steps] [--backends nemo,reference,onnx,triton]
+        [--workloads batch,throughput,latency,steps] [--backends nemo,reference,onnx,triton[,tcpp]] \\
+        [--tcpp-dir build/tcpp]
 
 Workloads (`--workloads`), each with exactly `--tokens` new tokens per clip where the backend allows it (random
 weights: <|im_end|> is ignored by NeMo (min_new_tokens), the reference and ONNX Runtime (force_length); the
 served path has no such switch, so its token counts are reported), model load and one warm-up pass excluded:
 - batch, "LibriVox-5 x 32": the 5 LibriVox clips of pocketsphinx-testdata (24.73 s), `--batch-size` (5) per
   batch or in flight, every backend; speed against the best NeMo SALM row (without one: the best reference
-  row); SALM's tokens against the reference's of the same precision.
+  row); SALM's tokens against the reference's of the same precision. Opt-in (`tcpp`, after
+  benchmarks/transcribe_cpp/setup.sh): transcribe.cpp 0.2.1 (C++/ggml) at F16 batch `--batch-size` and Q8_0
+  batch 1, built to stop at exactly `--tokens`; a line gives the served row's speed over its best row's.
 - throughput, "LibriVox-5 x 8": the 5 clips repeated `--repeat` (8) times, 40 clips, `--in-flight` (16)
   requests to the server, against ONNX Runtime at batch 16.
 - latency: one request at a time over the 5 clips repeated `--latency-repeat` (3) times, served over gRPC
@@ -45,10 +48,12 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 SAMPLE_RATE = 16000
 WORKLOADS = ("batch", "throughput", "latency", "steps")
-BACKENDS = ("nemo", "reference", "onnx", "triton")
+DEFAULT_BACKENDS = ("nemo", "reference", "onnx", "triton")
+BACKENDS = DEFAULT_BACKENDS + ("tcpp",)  # tcpp: opt-in, needs benchmarks/transcribe_cpp/setup.sh first
+TCPP_ROWS = (("F16", None), ("Q8_0", 1))  # transcribe.cpp's (GGUF, batch) rows; None: the workload's batch
 DTYPES = ("fp32", "bf16")
 LABELS = {"nemo": "NeMo SALM.generate", "reference": "PyTorch reference", "onnx": "ONNX Runtime",
-          "triton": "Triton CPU over gRPC"}  # fmt: skip
+          "triton": "Triton CPU over gRPC", "tcpp": "transcribe.cpp"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,7 @@ class Row:
     wall_s: float
     token_ids: list[list[int]]
     dtype: str | None = None  # the torch precision of the nemo and reference rows
+    estimated: list[bool] | None = None  # per clip: token count estimated (tcpp rows: no token ids)
 
 
 def timed(run) -> tuple[float, list]:
@@ -190,6 +196,30 @@ def triton_row(server, decoder: str, work: Workload, args) -> Row:
     wall, results = timed(lambda: asyncio.run(once()))
     label = f"{LABELS['triton']}, {decoder}, {work.in_flight} in flight"
     return Row("triton", label, wall, [r.token_ids for r in results])
+
+
+def tcpp_rows(tcpp_dir: Path, work: Workload, args) -> list[Row]:
+    """transcribe.cpp, each row in a child process of its own venv (transcribe_cpp/rows.py), timed there as
+    timed() does. It gives no token ids: a clip that hit the library's cap (built to be exactly --tokens)
+    has that many; one that stopped at <|im_end|> has its text re-tokenized (flagged as estimated); the
+    rows' token_ids are placeholders (-1) of those lengths."""
+    rows_py = _tcpp_module()
+    rows = []
+    for quant, batch in TCPP_ROWS:
+        batch = batch or work.in_flight
+        m = rows_py.timed_pass(tcpp_dir, quant, work.waveforms, batch, args.tokens, args.threads)
+        label = f"{LABELS['tcpp']} {m['version']} (patched to {m['cap']} new tokens), {quant}, batch {batch}"
+        rows.append(Row("tcpp", label, m["wall_s"], [[-1] * n for n in m["tokens"]], estimated=m["estimated"]))
+    return rows
+
+
+def _tcpp_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("transcribe_cpp_rows", HERE / "transcribe_cpp" / "rows.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 # --- latency: one request at a time ---------------------------------------------------------------------
@@ -326,7 +356,9 @@ def until(ids: list[int], eos_id: int) -> list[int]:
     return ids[: ids.index(eos_id)] if eos_id in ids else ids
 
 
-def token_summary(counts: list[int]) -> str:
+def token_summary(counts: list[int], estimated: list[bool] | None = None) -> str:
+    if any(estimated or []):  # "~": re-tokenized from the text
+        return ",".join(f"~{n}" if e else str(n) for n, e in zip(counts, estimated))
     return f"{counts[0]} each" if len(set(counts)) == 1 else ",".join(map(str, counts))
 
 
@@ -361,7 +393,14 @@ def report_rates(work: Workload, rows: list[Row], args) -> dict:
         ratio = base.wall_s / r.wall_s if base else None
         out["rows"][r.label] = {"backend": r.backend, "wall_s": r.wall_s, "rtfx": rtfx, "vs_baseline": ratio,
                                 "tokens": counts}  # fmt: skip
-        print(f"| {r.label} | {r.wall_s:.2f} | {rtfx:.2f} | {f'{ratio:.2f}x' if base else '-'} | {token_summary(counts)} |")
+        if r.estimated is not None:
+            out["rows"][r.label]["tokens_estimated"] = r.estimated
+        summary = token_summary(counts, r.estimated)
+        print(f"| {r.label} | {r.wall_s:.2f} | {rtfx:.2f} | {f'{ratio:.2f}x' if base else '-'} | {summary} |")
+    served, tcpp = baseline(rows, ("triton",)), baseline(rows, ("tcpp",))
+    if served and tcpp:
+        out["served_over_tcpp_best"] = tcpp.wall_s / served.wall_s
+        print(f"\nserved / transcribe.cpp best ({tcpp.label}): {out['served_over_tcpp_best']:.2f}x the speed")
     nemo, reference = ([r for r in rows if r.backend == kind] for kind in ("nemo", "reference"))
     same_dtype = [(n, r) for n in nemo for r in reference if n.dtype == r.dtype]
     if same_dtype:
@@ -430,7 +469,10 @@ def parse_args():
     parser.add_argument("--tokens", type=int, default=32, help="new tokens per clip")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--workloads", type=names(WORKLOADS), default=list(WORKLOADS))
-    parser.add_argument("--backends", type=names(BACKENDS), default=list(BACKENDS))
+    parser.add_argument("--backends", type=names(BACKENDS), default=list(DEFAULT_BACKENDS),
+                        help=f"default {','.join(DEFAULT_BACKENDS)}; tcpp (transcribe.cpp) is opt-in")
+    parser.add_argument("--tcpp-dir", type=Path, default=HERE.parent / "build" / "tcpp",
+                        help="tcpp rows: the --out of benchmarks/transcribe_cpp/setup.sh (its setup.json)")
     parser.add_argument("--torch-dtypes", type=names(DTYPES), default=["bf16", "fp32"], help="reference precisions")
     parser.add_argument("--nemo-dtypes", type=names(DTYPES), default=["fp32", "bf16"], help="NeMo SALM precisions")
     parser.add_argument("--batch-size", type=int, default=5, help="batch workload: batch / concurrency")
@@ -449,7 +491,18 @@ def main() -> None:
     args = parse_args()
     if "steps" in args.workloads and "onnx" not in args.backends:
         raise SystemExit("--workloads steps times the ONNX Runtime decoder: add onnx to --backends")
+    tcpp_setup = None
+    if "tcpp" in args.backends:  # checked before anything heavy runs
+        if "batch" not in args.workloads:
+            raise SystemExit("the tcpp rows are on the batch workload: add batch to --workloads")
+        args.tcpp_dir = args.tcpp_dir.resolve()
+        tcpp_setup = _tcpp_module().read_setup(args.tcpp_dir)
+        if tcpp_setup["max_new_tokens"] != args.tokens:
+            raise SystemExit(f"{args.tcpp_dir}'s transcribe.cpp stops at {tcpp_setup['max_new_tokens']} new tokens, "
+                             f"not --tokens {args.tokens}: run setup.sh --tokens {args.tokens} --out ANOTHER_DIR")  # fmt: skip
     checkpoint, build = args.checkpoint.resolve(), args.build.resolve()
+    if tcpp_setup and tcpp_setup.get("checkpoint") not in (None, str(checkpoint)):
+        raise SystemExit(f"{args.tcpp_dir}'s GGUFs are from {tcpp_setup['checkpoint']}, not {checkpoint}")
 
     from canary_trt.audio import load_audio
     from canary_trt.client.machine import describe_machine
@@ -464,13 +517,16 @@ def main() -> None:
                 clips * args.latency_repeat if "latency" in args.workloads else None, "steps" in args.workloads)
     decoder = read_export_info(build)["decoder"]
 
-    # Heaviest first, one model in memory at a time: the torch rows, then ONNX Runtime, then the server.
+    # Heaviest first, one model in memory at a time: the torch rows, transcribe.cpp (a child process each),
+    # then ONNX Runtime, then the server.
     rows = {w.key: [] for w in plan.rates}
     batch = next((w for w in plan.rates if w.key == "batch"), None)
     if batch and "nemo" in args.backends and args.nemo_dtypes:
         rows["batch"] += nemo_rows(checkpoint, batch, args)
     if batch and "reference" in args.backends:
         rows["batch"] += reference_rows(checkpoint, batch, args)
+    if batch and tcpp_setup:
+        rows["batch"] += tcpp_rows(args.tcpp_dir, batch, args)
     measured = {}
     for kind, run in (("onnx", run_onnx), ("triton", run_triton)):
         if kind in args.backends:
@@ -485,7 +541,7 @@ def main() -> None:
     packages = ("torch", "nemo-toolkit", "transformers", "onnxruntime")
     result = {"machine": machine, "versions": {p: version(p) for p in packages}, "checkpoint": str(checkpoint),
               "build": str(build), "decoder": decoder, "tokens": args.tokens, "threads": args.threads,
-              "repository_overrides": args.repository,
+              "repository_overrides": args.repository, "transcribe_cpp": tcpp_setup,
               "workloads": {w.key: report_rates(w, rows[w.key], args) for w in plan.rates}}  # fmt: skip
     if latency := {k: m["latency"] for k, m in measured.items() if "latency" in m}:
         result["latency"] = report_latency(latency)
