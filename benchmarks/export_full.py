@@ -51,7 +51,7 @@ def machine() -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path("build/bench-full"))
-    parser.add_argument("--precision", choices=("fp32", "int8"), default="int8")
+    parser.add_argument("--precision", choices=("fp32", "int8", "int4"), default="int8")
     args = parser.parse_args()
     checkpoint, build = args.work / "checkpoint", args.work / "build-cpu"
     results = {"machine": machine()}

@@ -27,8 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("--out", required=True, type=Path, help="build directory")
     ex.add_argument("--target", choices=("cpu", "gpu"), default="cpu")
     ex.add_argument("--preset", help="GPU shapes: rtx5090, rtx-pro-6000, l40s, a100, h100 (default h100)")
-    ex.add_argument("--precision", help="cpu: fp32 (default, exact) | int8 (8-bit encoder and decoder weights); "
-                    "gpu: fp16 (default) | bf16 (encoder) | fp8 | int8 (LLM weights)")  # fmt: skip
+    ex.add_argument("--precision", help="cpu: fp32 (default, exact) | int8 (8-bit encoder and decoder weights) | "
+                    "int4 (4-bit decoder weights, int8 encoder); gpu: fp16 (default) | bf16 (encoder) | fp8 | int8 "
+                    "(LLM weights)")  # fmt: skip
     ex.add_argument("--stage", choices=("all", "prepare", "engines"), default="all",
                     help="gpu: prepare = the PyTorch/NeMo steps (encoder ONNX, merged HF checkpoint, configs) on any "
                     "machine with canary-trt[full]; engines = the TensorRT/TensorRT-LLM steps on that folder, in the "

@@ -58,6 +58,7 @@ ENCODER_ONNX = "encoder.onnx"
 ENCODER_INT8_ONNX = "encoder_int8.onnx"
 DECODER_ONNX = "decoder.onnx"
 DECODER_INT8_ONNX = "decoder_int8.onnx"
+DECODER_INT4_ONNX = "decoder_int4.onnx"
 EMBEDDINGS = "embed_tokens.npy"  # the decoder's token embedding, outside its graph
 TOKENIZER_DIR = "tokenizer"
 MODEL_REPOSITORY = "model_repository"
@@ -67,9 +68,17 @@ TRTLLM_CHECKPOINT_DIR = "trtllm_checkpoint"
 TRTLLM_ENGINE_DIR = "trtllm_engine"
 LLM_DECODER_ONNX = "llm_decoder.onnx"  # --llm-mode: the base LLM (no LoRA); it shares EMBEDDINGS (LoRA leaves them)
 LLM_DECODER_INT8_ONNX = "llm_decoder_int8.onnx"
+LLM_DECODER_INT4_ONNX = "llm_decoder_int4.onnx"
 HF_BASE_LLM_DIR = "hf_llm_base"
 TRTLLM_BASE_CHECKPOINT_DIR = "trtllm_llm_checkpoint"
 TRTLLM_BASE_ENGINE_DIR = "trtllm_llm_engine"
+# What a CPU build serves at each --precision (export.json's "encoder", "decoder", "llm_decoder" entries); a
+# quantized build keeps the fp32 graphs beside its own. int4 is the decoders' weights only: its encoder is int8's.
+CPU_GRAPHS = {
+    "fp32": {"encoder": ENCODER_ONNX, "decoder": DECODER_ONNX, "llm_decoder": LLM_DECODER_ONNX},
+    "int8": {"encoder": ENCODER_INT8_ONNX, "decoder": DECODER_INT8_ONNX, "llm_decoder": LLM_DECODER_INT8_ONNX},
+    "int4": {"encoder": ENCODER_INT8_ONNX, "decoder": DECODER_INT4_ONNX, "llm_decoder": LLM_DECODER_INT4_ONNX},
+}
 
 # Speech for the demo, the tests and the benchmarks: Debian's pocketsphinx-testdata (LibriVox clips)
 LIBRIVOX_DIR = Path("/usr/share/pocketsphinx/test/data/librivox")

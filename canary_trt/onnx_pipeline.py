@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from .contract import DECODER_ONNX, ENCODER_ONNX, MAX_NEW_TOKENS
+from .contract import CPU_GRAPHS, MAX_NEW_TOKENS
 from .decoding import GreedyDecoder, Request, splice_fake_ids
 from .encoding import encode
 from .errors import InvalidInput
@@ -17,12 +17,15 @@ from .tokenizer import eos_id, load_tokenizer, placeholder_id
 
 
 class OnnxPipeline:
-    def __init__(self, build: str | Path, threads: int | None = None, exact: bool = False):
-        """exact: run the fp32 graphs of an int8 build (they are kept beside the int8 ones)."""
+    def __init__(self, build: str | Path, threads: int | None = None, precision: str | None = None):
+        """precision: run that precision's graphs (contract.CPU_GRAPHS) instead of those the build serves, e.g.
+        "fp32" in a quantized build (which keeps the fp32 graphs beside its own); None: the served ones."""
         build = Path(build)
         manifest = read_export_info(build)
-        if exact:
-            manifest.update(encoder=ENCODER_ONNX, decoder=DECODER_ONNX)
+        if precision is not None:
+            if precision not in CPU_GRAPHS:
+                raise InvalidInput(f"unknown CPU precision {precision!r}; choose one of {', '.join(CPU_GRAPHS)}")
+            manifest.update(encoder=CPU_GRAPHS[precision]["encoder"], decoder=CPU_GRAPHS[precision]["decoder"])
         if manifest["target"] != "cpu":
             raise InvalidInput(f"{build} is a {manifest['target']} build; the onnx backend runs CPU builds")
         options = ort.SessionOptions()

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from canary_trt.decoding import GreedyDecoder, Request, input_names, splice_fake_ids
-from canary_trt.contract import DECODER_INT8_ONNX, DECODER_ONNX, EMBEDDINGS
+from canary_trt.contract import DECODER_INT4_ONNX, DECODER_INT8_ONNX, DECODER_ONNX, EMBEDDINGS
 from canary_trt.export.decoder_onnx import DATA_NAME, export_decoder_onnx
-from canary_trt.export.quantize import quantize_decoder_int8
+from canary_trt.export.quantize import quantize_decoder
 from canary_trt.tokenizer import asr_prompt_ids
 
 pytestmark = pytest.mark.slow  # exports through PyTorch
@@ -142,15 +142,16 @@ def test_stops_at_end_id(decoder, make_request, expected):
     assert decoder.generate([make_request("0880", max_new_tokens=0)]) == [[]]
 
 
-def test_int8_variant_runs(export_dir, decoder, make_request):
-    path = quantize_decoder_int8(export_dir / DECODER_ONNX, export_dir / DECODER_INT8_ONNX)
+@pytest.mark.parametrize("bits, file_name", [(8, DECODER_INT8_ONNX), (4, DECODER_INT4_ONNX)])
+def test_quantized_variant_runs(bits, file_name, export_dir, decoder, make_request):
+    path = quantize_decoder(export_dir / DECODER_ONNX, export_dir / file_name, bits)
     assert path.with_name(path.name + ".data").is_file()
-    int8 = GreedyDecoder(path, export_dir / EMBEDDINGS)
+    quantized_decoder = GreedyDecoder(path, export_dir / EMBEDDINGS)
     requests = [make_request(name, end_id=-1) for name in NAMES]  # -1: never emitted, so all run MAX_NEW steps
-    quantized, exact = int8.generate(requests), decoder.generate(requests)
+    quantized, exact = quantized_decoder.generate(requests), decoder.generate(requests)
     assert all(len(ids) == MAX_NEW for ids in quantized)
     agreement = np.mean([a == b for q, e in zip(quantized, exact) for a, b in zip(q, e)])
-    print(f"\nint8 vs fp32 token agreement (random weights, free-running): {agreement:.0%}")
+    print(f"\n{bits}-bit vs fp32 token agreement (random weights, free-running): {agreement:.0%}")
 
 
 def test_runtime_does_not_import_torch():

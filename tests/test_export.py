@@ -79,18 +79,32 @@ def test_onnx_backend_is_token_exact_with_torch(case, capsys, cpu_build, tiny_ch
     assert onnx_rows == torch_rows
 
 
-@pytest.mark.slow  # a full int8 export
-def test_int8_build_transcribes(capsys, tiny_checkpoint, clips, tmp_path):
-    build = tmp_path / "int8"
-    assert main(["export", "--checkpoint", str(tiny_checkpoint.path), "--out", str(build), "--precision", "int8"]) == 0
+@pytest.mark.slow  # a full export
+@pytest.mark.parametrize("precision, decoder", [("int8", "decoder_int8.onnx"), ("int4", "decoder_int4.onnx")])
+def test_quantized_build_transcribes(precision, decoder, capsys, tiny_checkpoint, clips, tmp_path):
+    build = tmp_path / precision
+    assert main(["export", "--checkpoint", str(tiny_checkpoint.path), "--out", str(build), "--precision", precision]) == 0
     capsys.readouterr()
     manifest = read_export_info(build)
-    assert manifest["precision"] == "int8" and manifest["decoder"] == "decoder_int8.onnx"
-    assert manifest["encoder"] == "encoder_int8.onnx"
-    assert all((build / name).is_file() for name in ("encoder.onnx", "encoder_int8.onnx", "decoder.onnx", "decoder_int8.onnx"))
+    assert manifest["precision"] == precision and manifest["decoder"] == decoder
+    assert manifest["encoder"] == "encoder_int8.onnx"  # int4 too: 4 bit is the decoder's only
+    assert all((build / name).is_file() for name in ("encoder.onnx", "encoder_int8.onnx", "decoder.onnx", decoder,
+                                                     decoder + ".data"))  # fmt: skip
     rows = _json(capsys, ["transcribe", "--json", "--max-new-tokens", "8", "--backend", "onnx", "--build", str(build),
                           *_write_wavs(clips, ["0880", "1s"], tmp_path)])  # fmt: skip
     assert [len(r["token_ids"]) for r in rows] == [8, 8]
+
+
+def test_int4_dry_run_plans_4_bit_decoder_weights(capsys, tiny_checkpoint, tmp_path):
+    from canary_trt.export import quantize
+
+    assert main(["export", "--checkpoint", str(tiny_checkpoint.path), "--out", str(tmp_path), "--precision", "int4",
+                 "--dry-run"]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "encoder int8 weights" in printed
+    assert f"decoder int4 weights (MatMulNBits, 4 bit, block {quantize.BLOCK_SIZE[4]}" in printed
+    assert {k: read_export_info(tmp_path)[k] for k in ("precision", "encoder", "decoder")} == {
+        "precision": "int4", "encoder": "encoder_int8.onnx", "decoder": "decoder_int4.onnx"}  # fmt: skip
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -127,6 +141,8 @@ def test_cpu_dry_run_and_precisions(capsys, tiny_checkpoint, tmp_path):
         (["--target", "gpu", "--preset", "rtx4090"], "unknown GPU preset 'rtx4090'; known presets: rtx5090, rtx-pro-6000"),
         (["--target", "gpu", "--preset", "a100", "--precision", "fp8"], "fp8 needs compute capability >= 8.9"),
         (["--target", "cpu", "--precision", "fp16"], "--precision 'fp16' is not available for --target cpu"),
+        (["--target", "gpu", "--precision", "int4"],
+         "--precision 'int4' is not available for --target gpu (int4 is a --target cpu option); choose one of fp16"),
         (["--target", "cpu", "--preset", "h100"], "--preset selects GPU shapes"),
     ],
 )

@@ -15,8 +15,8 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from canary_trt.cli import main
-from canary_trt.contract import (DECODER_ONNX, EMBEDDINGS, LLM_DECODER, LLM_DECODER_INT8_ONNX, LLM_DECODER_ONNX,
-                                 LlmBudgets)
+from canary_trt.contract import (DECODER_ONNX, EMBEDDINGS, LLM_DECODER, LLM_DECODER_INT4_ONNX, LLM_DECODER_INT8_ONNX,
+                                 LLM_DECODER_ONNX, LlmBudgets)
 from canary_trt.export.build import export
 from canary_trt.export.presets import PRESETS, get_preset
 from canary_trt.export_info import read_export_info
@@ -86,14 +86,16 @@ def test_every_preset_fits_a_full_llm_prompt_in_one_step():
     assert all(p.max_num_tokens >= LlmBudgets().max_input_len for p in PRESETS.values())
 
 
-def test_cpu_dry_run_plans_the_base_llm_exports(tiny_checkpoint, tmp_path, dry_builds):
+@pytest.mark.parametrize("precision, served", [("int8", LLM_DECODER_INT8_ONNX), ("int4", LLM_DECODER_INT4_ONNX)])
+def test_cpu_dry_run_plans_the_base_llm_exports(precision, served, tiny_checkpoint, tmp_path, dry_builds):
     assert read_export_info(dry_builds["cpu", True])["llm_decoder"] == LLM_DECODER_ONNX
     assert read_export_info(dry_builds["cpu", True])["llm_mode"] == LlmBudgets().to_manifest()
-    steps = export(tiny_checkpoint.path, tmp_path, target="cpu", precision="int8", dry_run=True, llm_mode=True, log=QUIET)
+    steps = export(tiny_checkpoint.path, tmp_path, target="cpu", precision=precision, dry_run=True, llm_mode=True, log=QUIET)
     titles = [s.title for s in steps]
     assert any(t.startswith("LLM-mode decoder ONNX (base Qwen3, LoRA off") for t in titles)
-    assert any(t.startswith("llm_decoder int8 weights") for t in titles) and any(t.startswith("decoder int8") for t in titles)
-    assert read_export_info(tmp_path)["llm_decoder"] == LLM_DECODER_INT8_ONNX
+    assert any(t.startswith(f"llm_decoder {precision} weights") for t in titles)
+    assert any(t.startswith(f"decoder {precision} weights") for t in titles)
+    assert read_export_info(tmp_path)["llm_decoder"] == served
 
 
 @pytest.mark.parametrize("target", ["cpu", "gpu"])

@@ -1,7 +1,8 @@
 """`canary-trt export`: a build is a list of steps, run in order. --dry-run prints every step, command and
 shape and runs only the cheap ones (tokenizer, manifest, model repository configs) for inspection.
 
-BUILD/ after a CPU build: encoder.onnx, decoder.onnx (+ their *_int8.onnx with --precision int8),
+BUILD/ after a CPU build: encoder.onnx, decoder.onnx (+ encoder_int8.onnx and decoder_int8.onnx or
+decoder_int4.onnx with --precision int8 or int4: contract.CPU_GRAPHS),
 embed_tokens.npy, tokenizer/, export.json (what the runtime needs to know) and model_repository/.
 A GPU build has encoder.onnx -> encoder.plan (TensorRT Python API), hf_llm/ (the merged HF Qwen3 checkpoint),
 trtllm_checkpoint/ and trtllm_engine/ instead of the decoder ONNX files.
@@ -28,18 +29,21 @@ from pathlib import Path
 from typing import Callable
 
 from ..checkpoint import Checkpoint
-from ..contract import (DECODER_INT8_ONNX, DECODER_ONNX, EMBEDDINGS, ENCODER_INT8_ONNX, ENCODER_ONNX, ENCODER_PLAN,
-                        EXPORT_INFO, HF_BASE_LLM_DIR, HF_LLM_DIR, LLM_DECODER_INT8_ONNX, LLM_DECODER_ONNX, MAX_NEW_TOKENS,
-                        MODEL_REPOSITORY, TOKENIZER_DIR, TRTLLM_BASE_CHECKPOINT_DIR, TRTLLM_BASE_ENGINE_DIR,
-                        TRTLLM_CHECKPOINT_DIR, TRTLLM_ENGINE_DIR, Budgets, LlmBudgets)
+from ..contract import (CPU_GRAPHS, DECODER_ONNX, EMBEDDINGS, ENCODER_INT8_ONNX, ENCODER_ONNX, ENCODER_PLAN, EXPORT_INFO,
+                        HF_BASE_LLM_DIR, HF_LLM_DIR, LLM_DECODER_ONNX, MAX_NEW_TOKENS, MODEL_REPOSITORY, TOKENIZER_DIR,
+                        TRTLLM_BASE_CHECKPOINT_DIR, TRTLLM_BASE_ENGINE_DIR, TRTLLM_CHECKPOINT_DIR, TRTLLM_ENGINE_DIR,
+                        Budgets, LlmBudgets)
 from ..export_info import read_export_info, write_export_info
 from ..tokenizer import copy_tokenizer_files
 from . import decoder_onnx, encoder_onnx
 from ..errors import InvalidInput, MissingFile
 from .repository import LLM_MODE_MODELS, write_model_repository
 
-# --precision per target: int8 means 8-bit weights (CPU: encoder and decoder; GPU: the LLM, W8A16).
-PRECISIONS = {"cpu": ("fp32", "int8"), "gpu": ("fp16", "bf16", "fp8", "int8")}
+# --precision per target: int8 means 8-bit weights (CPU: encoder and decoder; GPU: the LLM, W8A16); int4 (CPU
+# only) 4-bit decoder weights with int8's encoder. TensorRT-LLM has int4 weight-only too, but no GPU flow here
+# builds or checks it.
+PRECISIONS = {"cpu": ("fp32", "int8", "int4"), "gpu": ("fp16", "bf16", "fp8", "int8")}
+CPU_DECODER_BITS = {"int8": 8, "int4": 4}  # MatMulNBits bits per quantized CPU precision
 GPU_PRECISION = {  # --precision -> preset fields
     "fp16": {"encoder_precision": "fp16", "llm_quantization": "none"},
     "bf16": {"encoder_precision": "bf16", "llm_quantization": "none"},
@@ -69,7 +73,8 @@ def plan(checkpoint: Checkpoint, out: Path, target: str, precision: str | None, 
         raise InvalidInput(f"unknown target {target!r}; choose cpu or gpu")
     precision = precision or PRECISIONS[target][0]
     if precision not in PRECISIONS[target]:
-        raise InvalidInput(f"--precision {precision!r} is not available for --target {target}; "
+        elsewhere = "".join(f" ({precision} is a --target {t} option)" for t in PRECISIONS if precision in PRECISIONS[t])
+        raise InvalidInput(f"--precision {precision!r} is not available for --target {target}{elsewhere}; "
                          f"choose one of {', '.join(PRECISIONS[target])}")  # fmt: skip
     if target == "cpu" and preset_name:
         raise InvalidInput("--preset selects GPU shapes; it does not apply to --target cpu")
@@ -96,8 +101,8 @@ def plan(checkpoint: Checkpoint, out: Path, target: str, precision: str | None, 
             steps.append(Step("LLM-mode decoder ONNX (base Qwen3, LoRA off; shares embed_tokens.npy)", graph,
                               action=partial(decoder_onnx.export_decoder_onnx, checkpoint, out, lora=False)))  # fmt: skip
             manifest["llm_decoder"] = LLM_DECODER_ONNX
-        if precision == "int8":
-            steps += _cpu_int8_steps(out, manifest, llm_mode)
+        if precision in CPU_DECODER_BITS:
+            steps += _cpu_quantized_steps(out, manifest, precision, llm_mode)
     else:
         steps += _gpu_steps(checkpoint, out, precision, preset_name or DEFAULT_PRESET, manifest, max_new_tokens,
                             calib_dataset, llm_mode)  # fmt: skip
@@ -111,18 +116,22 @@ def plan(checkpoint: Checkpoint, out: Path, target: str, precision: str | None, 
     return steps
 
 
-def _cpu_int8_steps(out, manifest, llm_mode) -> list[Step]:
+def _cpu_quantized_steps(out, manifest, precision, llm_mode) -> list[Step]:
+    """int8 or int4: the int8 encoder, then each decoder's MatMulNBits weights; the manifest names them as served."""
     from . import quantize
 
-    decoders = [(DECODER_ONNX, DECODER_INT8_ONNX)] + ([(LLM_DECODER_ONNX, LLM_DECODER_INT8_ONNX)] if llm_mode else [])
+    bits, graphs = CPU_DECODER_BITS[precision], CPU_GRAPHS[precision]
+    decoders = [(DECODER_ONNX, graphs["decoder"])] + ([(LLM_DECODER_ONNX, graphs["llm_decoder"])] if llm_mode else [])
+    head = "" if quantize.HEAD_BITS[bits] == bits else f", lm_head {quantize.HEAD_BITS[bits]} bit"
     steps = [Step("encoder int8 weights (dynamic int8 MatMuls; front end and attention fp32)", ENCODER_INT8_ONNX,
                   action=partial(quantize.quantize_encoder_int8, out / ENCODER_ONNX, out / ENCODER_INT8_ONNX))]  # fmt: skip
-    steps += [Step(f"{fp32.removesuffix('.onnx')} int8 weights (MatMulNBits, 8 bit, block 128, int8 compute)", int8,
-                   action=partial(quantize.quantize_decoder_int8, out / fp32, out / int8))
-              for fp32, int8 in decoders]  # fmt: skip
-    manifest.update(encoder=ENCODER_INT8_ONNX, decoder=DECODER_INT8_ONNX)
+    steps += [Step(f"{fp32.removesuffix('.onnx')} {precision} weights (MatMulNBits, {bits} bit, block "
+                   f"{quantize.BLOCK_SIZE[bits]}{head}, int8 compute)", quantized,
+                   action=partial(quantize.quantize_decoder, out / fp32, out / quantized, bits))
+              for fp32, quantized in decoders]  # fmt: skip
+    manifest.update(encoder=graphs["encoder"], decoder=graphs["decoder"])
     if llm_mode:
-        manifest["llm_decoder"] = LLM_DECODER_INT8_ONNX
+        manifest["llm_decoder"] = graphs["llm_decoder"]
     return steps
 
 
