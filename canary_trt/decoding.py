@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Callable
-
 import numpy as np
 
 
@@ -96,20 +94,17 @@ class GreedyDecoder:
             rows[fake] = table[ids[fake] - self.vocab_size]
         return rows
 
-    def generate(self, requests: list[Request],
-                 on_tokens: Callable[[dict[int, int]], object] | None = None) -> list[list[int]]:  # fmt: skip
+    def generate(self, requests: list[Request]) -> list[list[int]]:
         """Greedy ids per request, without the end id: all requests prefilled together, then decoded one
-        token per step, each row leaving the batch when it emits its end_id or reaches max_new_tokens.
-        on_tokens: called after every step with that step's new tokens, {request index: token} (streaming)."""
+        token per step, each row leaving the batch when it emits its end_id or reaches max_new_tokens (the
+        served decoders drive a DecodeBatch themselves, in flight: inflight.py)."""
         batch, results = DecodeBatch(self), {}
-        new, done = batch.join(dict(enumerate(requests)))
-        while True:
-            if on_tokens and new:
-                on_tokens(new)
+        _, done = batch.join(dict(enumerate(requests)))
+        results.update(done)
+        while batch:
+            _, done = batch.step()
             results.update(done)
-            if not batch:
-                return [results[i] for i in range(len(requests))]
-            new, done = batch.step()
+        return [results[i] for i in range(len(requests))]
 
     def _run(self, embeds, mask, positions, cache: list) -> tuple[np.ndarray, list]:
         """One step: logits as numpy (a view of ORT's buffer), the present cache as OrtValues, to be bound

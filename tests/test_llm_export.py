@@ -242,17 +242,6 @@ def test_greedy_ids_match_transformers_generate(llm_decoder, prompts, expected, 
     assert len({tuple(e) for e in expected}) == len(expected) and all(expected)
 
 
-@slow
-def test_on_tokens_reports_every_step(llm_decoder, prompts, expected, tokenizer):
-    from canary_trt.decoding import Request
-
-    steps = []
-    requests = [Request(np.array(p), None, n, eos_id(tokenizer)) for p, n in zip(prompts, (3, MAX_NEW))]
-    results = llm_decoder.generate(requests, on_tokens=steps.append)
-    assert results == [expected[0][:3], expected[1]]
-    assert [[step[i] for step in steps if i in step] for i in range(2)] == results  # in order, each once
-
-
 # --- slow: llm_decoder served by the bundled tritonserver -----------------------------------------------------
 
 
