@@ -132,10 +132,10 @@ async def _benchmark(url, clips, levels, warmup, options, source, model, partial
             async with AsyncTranscriptionClient(url, model, concurrency=level, timeout=timeout, retry=retry) as client:
                 if pending:
                     await _warm_up(client, clips, warmup, options)
-                before = await _statistics(control)
+                before = await server_statistics(control)
                 wall, outcomes = await _timed_pass(client, clips, options, f"concurrency {level}",
                                                    resumed, partial, level)  # fmt: skip
-                after = await _statistics(control)
+                after = await server_statistics(control)
             triton, by_endpoint = endpoint_statistics(before, after)
             passes.append(summarize_pass(level, warmup if pending else 0, wall, clips, outcomes, triton,
                                          resumed=set(resumed), triton_by_endpoint=by_endpoint))  # fmt: skip
@@ -152,35 +152,40 @@ async def _benchmark(url, clips, levels, warmup, options, source, model, partial
             "unreadable": len(clips) - len(readable),
             "long_form_utterances": sum(1 for c in readable if c.samples.size > MAX_AUDIO_SECONDS * SAMPLE_RATE),
         },
-        "method": {
-            "concurrency": list(levels),
-            "warmup_requests": warmup,
-            **options,  # max_new_tokens, prompt; None: the server's default
-            "wer": f"corpus level: total errors / total reference words of the transcribed clips; both sides "
-            f"normalized by {NORMALIZER}, aligned by jiwer",
-            "rtfx": "audio seconds of the clips transcribed in this run / wall seconds from this run's first send "
-            "to its last reply (a resumed pass: the requests timed in this run only; none sent: no RTFx)",
-            "latency": "per request, send -> reply of the attempt that succeeded, seconds; requests timed in "
-            "this run only",
-            "percentiles": PERCENTILE_METHOD,
-            "long_form": f"clips over {MAX_AUDIO_SECONDS:g} s go to {LONG_FORM_MODEL} (cut at pauses, each segment "
-            "transcribed through the ensemble with a budget from its length), the rest to the ensemble; RTFx and "
-            "latency cover both as sent",
-            "triton": "get_inference_statistics after minus before the timed pass; ms are per request "
-            "(ns / count); batch_size_histogram counts executions per batch size; several endpoints: per "
-            "endpoint, and in all (raw counters summed over the endpoints that answered before and after)",
-            "retries": (lambda r: f"server unavailable or overloaded: up to {r.attempts} attempts, pauses "
-                        f"{', '.join(f'{d:g}' for d in r.delays()) or 'none'} s; other errors are not retried")(
-                retry or RetryPolicy()),  # fmt: skip
-            "timeout_seconds": timeout,  # per request; None: none
-            "accounting": "each utterance once per pass: done (resumed: done in an earlier run, read from "
-            f"{PARTIAL_NAME}, not sent again) or failed with its reason",
-        },
+        "method": describe_method(levels, warmup, options, retry, timeout),
         "passes": passes,
     }
 
 
-async def _statistics(control) -> dict[str, dict | None]:
+def describe_method(levels, warmup, options, retry, timeout) -> dict:
+    """How the numbers were made, for the report."""
+    return {
+        "concurrency": list(levels),
+        "warmup_requests": warmup,
+        **options,  # max_new_tokens, prompt; None: the server's default
+        "wer": f"corpus level: total errors / total reference words of the transcribed clips; both sides "
+        f"normalized by {NORMALIZER}, aligned by jiwer",
+        "rtfx": "audio seconds of the clips transcribed in this run / wall seconds from this run's first send "
+        "to its last reply (a resumed pass: the requests timed in this run only; none sent: no RTFx)",
+        "latency": "per request, send -> reply of the attempt that succeeded, seconds; requests timed in "
+        "this run only",
+        "percentiles": PERCENTILE_METHOD,
+        "long_form": f"clips over {MAX_AUDIO_SECONDS:g} s go to {LONG_FORM_MODEL} (cut at pauses, each segment "
+        "transcribed through the ensemble with a budget from its length), the rest to the ensemble; RTFx and "
+        "latency cover both as sent",
+        "triton": "get_inference_statistics after minus before the timed pass; ms are per request "
+        "(ns / count); batch_size_histogram counts executions per batch size; several endpoints: per "
+        "endpoint, and in all (raw counters summed over the endpoints that answered before and after)",
+        "retries": (lambda r: f"server unavailable or overloaded: up to {r.attempts} attempts, pauses "
+                    f"{', '.join(f'{d:g}' for d in r.delays()) or 'none'} s; other errors are not retried")(
+            retry or RetryPolicy()),  # fmt: skip
+        "timeout_seconds": timeout,  # per request; None: none
+        "accounting": "each utterance once per pass: done (resumed: done in an earlier run, read from "
+        f"{PARTIAL_NAME}, not sent again) or failed with its reason",
+    }
+
+
+async def server_statistics(control) -> dict[str, dict | None]:
     """Each endpoint's cumulative statistics, None where the server cannot say (e.g. it died mid-pass)."""
 
     from tritonclient.utils import InferenceServerException

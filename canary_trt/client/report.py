@@ -35,10 +35,7 @@ def markdown(report: dict) -> str:
     lines = [
         f"# canary-trt benchmark ({report['started']})",
         "",
-        f"- client machine: {machine['cpu']}, {machine['cpu_cores']} cores"
-        + (f" ({' '.join(machine['cpu_flags']) or 'no AVX2'})" if machine.get("cpu_flags") is not None else "")
-        + f", {machine['memory_gib']} GiB; "
-        f"GPU: {machine['gpu']}; {machine['os']}, Python {machine['python']}",
+        _machine_line(machine),
         f"- server: Triton {server['version']} at {server['url']}"
         + (f" ({len(server['endpoints'])} endpoints: {', '.join(server['endpoints'])})"
            if len(server.get("endpoints", [])) > 1 else "")  # fmt: skip
@@ -90,6 +87,69 @@ def markdown(report: dict) -> str:
             lines += ["", "Failed:", "", *(f"- `{u['audio']}`: {u['error']}" for u in failed)]
         lines += ["", "<details><summary>Per utterance</summary>", "", *_utterance_table(p["utterances"]), "",
                   "</details>"]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def _machine_line(machine: dict) -> str:
+    return (f"- client machine: {machine['cpu']}, {machine['cpu_cores']} cores"
+            + (f" ({' '.join(machine['cpu_flags']) or 'no AVX2'})" if machine.get("cpu_flags") is not None else "")
+            + f", {machine['memory_gib']} GiB; GPU: {machine['gpu']}; {machine['os']}, Python {machine['python']}")
+
+
+def write_summary(summary: dict, out: str | Path) -> list[Path]:
+    """A data sets run's summary (`bench_datasets.summarize_sets`): OUT/report.json and OUT/report.md."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / JSON_NAME).write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (out / MARKDOWN_NAME).write_text(summary_markdown(summary), encoding="utf-8")
+    return [out / JSON_NAME, out / MARKDOWN_NAME]
+
+
+def sets_rows(level: dict, published: dict | None = None) -> list[list[str]]:
+    """One concurrency level of a data sets run: a row per set, then the mean (header first)."""
+    rows = [["set", "WER %", "model card WER %", "RTFx", "audio h", "samples", "failed", "skipped refs",
+             "input wait s", "report"]]  # fmt: skip
+    for r in level["sets"]:
+        rows.append([r["name"], _number(r["wer_percent"]), _number(r["published_wer_percent"]), _number(r["rtfx"]),
+                     f"{r['audio_seconds'] / 3600:.3f}", str(r["samples"]), str(r["failed"]),
+                     str(r["skipped_references"]), _number(r["input_wait_seconds"]),
+                     f"{r['folder']}/" + (" (reused)" if r["reused"] else "")])  # fmt: skip
+    published = published or {}
+    rows.append(["**mean**", _number(level["mean_wer_percent"]), _number(published.get("mean_wer_percent")),
+                 _number(level["rtfx"]), f"{sum(r['audio_seconds'] for r in level['sets']) / 3600:.3f}",
+                 str(sum(r["samples"] for r in level["sets"])), str(sum(r["failed"] for r in level["sets"])),
+                 str(sum(r["skipped_references"] for r in level["sets"])), "", ""])  # fmt: skip
+    return rows
+
+
+def summary_markdown(summary: dict) -> str:
+    server, method, build = summary["server"], summary["method"], summary.get("build")
+    title = "Open ASR Leaderboard protocol" if summary.get("preset") else "data sets"
+    lines = [
+        f"# canary-trt benchmark, {title} ({summary['started']})",
+        "",
+        _machine_line(summary["machine"]),
+        f"- server: Triton {server['version']} at {server['url']}; model `{server['model']}`",
+        "- build: " + (f"target {build.get('target')}, precision {build.get('precision')}" if build
+                       else "not given (pass --build BUILD to name its target and precision)"),  # fmt: skip
+        f"- concurrency (requests in flight): {', '.join(map(str, method['concurrency']))}; untimed warm-up "
+        f"requests per set and level: {method['warmup_requests']}; max new tokens: "
+        f"{method['max_new_tokens'] or 'server default'}; decoded clips read ahead: {method['window_clips']}",
+    ]
+    for level in summary["levels"]:
+        lines += ["", f"## Concurrency {level['concurrency']}", "", *_table(sets_rows(level, summary.get("published")))]
+    published = summary.get("published")
+    lines += [
+        "",
+        f"- WER: {method['wer']}; per set in percent, 2 decimals. Mean: {method['mean_wer']}.",
+        f"- RTFx: {method['rtfx']}. Overall: {method['overall_rtfx']}.",
+        f"- Timed: {method['timed']}.",
+        f"- References: {method['references']}.",
+        *([f"- Model card: {published['source']}; its RTFx {_number(published.get('rtfx'))} was measured by "
+           "NeMo in-process (bf16, batches of 192), this one through Triton as the client sees it; '-' where "
+           "the card's value was not found."] if published else []),  # fmt: skip
+        "- Each set's own report (per utterance, Triton statistics): its folder above.",
+    ]
     return "\n".join(lines) + "\n"
 
 

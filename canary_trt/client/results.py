@@ -22,8 +22,8 @@ from .retry import Failure
 class Clip:
     index: int
     utterance: Utterance
-    samples: np.ndarray | None  # None: the audio could not be read
-    error: Failure | str | None = None
+    samples: np.ndarray | None  # None: the audio could not be read (or, streamed, was let go once sent)
+    error: Failure | str | None = None  # why the audio could not be read
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,7 @@ def summarize_pass(level, warmup, wall, clips, outcomes, triton, resumed=frozens
         "done": len(done),
         "failed": len(failed),
         "resumed": len(done) - len(timed),
-        "sent": sum(1 for c in clips if c.samples is not None and c.index not in resumed),
+        "sent": sum(1 for c in clips if c.error is None and c.index not in resumed),  # readable, not resumed
         "failed_by_kind": dict(sorted(reasons.items())),
         "wall_seconds": round(wall, 4),
         "audio_seconds": round(audio_seconds, 3),
