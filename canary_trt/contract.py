@@ -52,6 +52,17 @@ FINISH_STOP, FINISH_LENGTH = "stop", "length"  # ended at <|im_end|> / at its ne
 # that clients tell the request's own fault (INVALID_ARGUMENT) from a failure.
 STREAM_REFUSAL = "INVALID_ARGUMENT: "
 
+# Live transcription (issue 17): one stream = one Triton sequence of requests to STREAM_MODEL (serving/streaming.py),
+# answered with the SEGMENT_* outputs above (one segment per response) and IS_FINAL.
+STREAM_MODEL = "canary_qwen_stream"
+INPUT_INTERIM_INTERVAL_MS, OUTPUT_IS_FINAL = "INTERIM_INTERVAL_MS", "IS_FINAL"
+STREAM_START, STREAM_END, STREAM_CORRID = "START", "END", "CORRID"  # the sequence batcher's control inputs
+MIN_INTERIM_INTERVAL_MS = 500  # a re-decode of the open utterance at most twice a second
+# Its budgets (config parameters, named so in refusals) and the metrics that show freed streams
+MAX_STREAMS, STREAM_IDLE_S, MAX_BUFFERED_SECONDS = 16, 30, 120
+METRIC_STREAMS_OPEN, METRIC_STREAMS_EXPIRED = "canary_trt_streams_open", "canary_trt_stream_expired_total"
+METRIC_STREAMS_CANCELLED = "canary_trt_stream_cancelled_total"  # freed at once: the client cancelled its gRPC stream
+
 # The build folder (BUILD/...): written by `canary-trt export`, read by the runtimes and the python models.
 EXPORT_INFO = "export.json"
 ENCODER_ONNX = "encoder.onnx"

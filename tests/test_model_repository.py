@@ -7,7 +7,8 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from canary_trt.export.build import export
 
-MODELS = {"audio_check", "encoder", "adapter", "decoder", "detokenizer", "canary_qwen", "canary_qwen_long"}
+MODELS = {"audio_check", "encoder", "adapter", "decoder", "detokenizer", "canary_qwen", "canary_qwen_long",
+          "canary_qwen_stream"}  # fmt: skip
 PUBLIC_INPUTS = {"WAV": (mc.TYPE_FP32, [-1]), "WAV_LENS": (mc.TYPE_INT32, [1]),
                  "PROMPT": (mc.TYPE_STRING, [1]), "MAX_NEW_TOKENS": (mc.TYPE_INT32, [1])}  # fmt: skip
 PUBLIC_OUTPUTS = {"TRANSCRIPT": (mc.TYPE_STRING, [1]), "TOKEN_IDS": (mc.TYPE_INT32, [-1])}
@@ -78,6 +79,25 @@ def test_configs_parse_and_ensemble_is_wired(repository):
             available[tensor_name] = (outputs[key].data_type, _dims(outputs[key]), False)
     for name, (dtype, dims) in PUBLIC_OUTPUTS.items():
         assert available[name][:2] == (dtype, dims)
+
+
+def test_stream_model_is_a_sequence_with_the_long_form_segmenter(repository):
+    """canary_qwen_stream: decoupled, Triton's idle time its own, sequence slots beyond max_streams (so that the
+    next START reaches the model and is refused by name), and canary_qwen_long's segmenter options."""
+    configs = load(repository)
+    stream, long = configs["canary_qwen_stream"], configs["canary_qwen_long"]
+    params = {k: v.string_value for k, v in stream.parameters.items()}
+    assert stream.model_transaction_policy.decoupled and len(stream.instance_group) == 1
+    batching = stream.sequence_batching
+    assert batching.WhichOneof("strategy_choice") == "oldest"
+    assert batching.oldest.max_candidate_sequences > int(params["max_streams"]) == 16
+    assert batching.max_sequence_idle_microseconds == float(params["stream_idle_s"]) * 1e6 == 30e6
+    kinds = {c.name: c.control[0].kind for c in batching.control_input}
+    assert kinds == {"START": mc.ModelSequenceBatching.Control.CONTROL_SEQUENCE_START,
+                     "END": mc.ModelSequenceBatching.Control.CONTROL_SEQUENCE_END,
+                     "CORRID": mc.ModelSequenceBatching.Control.CONTROL_SEQUENCE_CORRID}  # fmt: skip
+    segmenter = {k: v.string_value for k, v in long.parameters.items() if k not in ("max_long_audio_seconds",)}
+    assert {k: params[k] for k in segmenter} == segmenter  # build_dir, max_chunks_in_flight and every option
 
 
 def test_decoder_speaks_the_tensorrt_llm_contract(cpu_build, gpu_repository):

@@ -257,8 +257,8 @@ def test_malformed_requests_over_raw_http(front):
     assert_openai_error(front.post(data={"model": SERVED}), 400, "multipart/form-data")  # no file at all: not multipart
     assert_openai_error(front.post(files={"other": ("a.wav", audio)}, data={"model": SERVED}), 400, "'file'", param="file")
     assert_openai_error(front.post(files={"file": ("a.wav", audio)}), 400, "missing required parameter 'model'", param="model")
-    assert_openai_error(front.post(files={"file": ("a.wav", audio)}, data={"model": SERVED, "stream": "true"}), 400,
-                        "streaming is not supported", param="stream")  # fmt: skip
+    assert_openai_error(front.post(files={"file": ("a.wav", audio)}, data={"model": SERVED, "stream": "yes"}), 400,
+                        "stream must be true or false", param="stream")  # fmt: skip
     assert_openai_error(front.post(files={"file": ("a.wav", audio)}, data={"model": SERVED, "timestamp_granularities[]": "word"}),
                         400, "timestamps", param="timestamp_granularities[]")  # fmt: skip
     assert_openai_error(front.post(files=[("file", ("a.wav", audio)), ("file", ("b.wav", audio))], data={"model": SERVED}),

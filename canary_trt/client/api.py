@@ -19,6 +19,9 @@ the whole clip ([0, its length in whole ms], as the long model answers for such 
 Both expose the underlying tritonclient `InferenceServerClient` as `.triton` (metadata, statistics), and
 every endpoint's as `.endpoints[i].triton` when there are several (`.triton`: the first one's).
 
+Live transcription: `stream(chunks)` sends float32 16-kHz chunks as they come to `canary_qwen_stream` over
+one gRPC bidirectional stream and yields `StreamSegment`s, interim and final (`streaming.py`).
+
 Retries (`retry.RetryPolicy`): a request the server could not take (unavailable, overloaded) is sent again
 with backoff, then `RetriesExhausted` is raised; anything else is raised as it came. Several replicas
 (`endpoints.EndpointPool`): `url` may name several endpoints, or a name with several addresses; each
@@ -31,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,10 +45,13 @@ from ..errors import InvalidInput
 from .chat import Answer, AnswerDelta, StreamTimer, chat_request, stream_async, stream_sync
 from .endpoints import AsyncEndpointPool, Dispatch, Endpoint, EndpointPool
 from .retry import RetriesExhausted, RetryPolicy
+from .streaming import (STREAM_MODEL, StreamOptions, StreamSegment, new_sequence_id, requests_of, requests_of_async,
+                        segments_async, segments_sync)  # fmt: skip
 from .tensors import LONG_MODEL, MODEL, Segment, read_long_response, read_response, request_inputs, whole_clip_segment
 
-__all__ = ["DEFAULT_URL", "LONG_MODEL", "MODEL", "Answer", "AnswerDelta", "AsyncTranscriptionClient", "RetriesExhausted", "RetryPolicy",
-           "Segment", "Transcription", "TranscriptionClient"]  # fmt: skip
+__all__ = ["DEFAULT_URL", "LONG_MODEL", "MODEL", "STREAM_MODEL", "Answer", "AnswerDelta", "AsyncTranscriptionClient",
+           "RetriesExhausted", "RetryPolicy", "Segment", "StreamSegment", "Transcription",
+           "TranscriptionClient"]  # fmt: skip
 
 DEFAULT_URL = "127.0.0.1:8001"
 
@@ -82,10 +88,12 @@ def _transcription(response, samples: np.ndarray, start: float, endpoint: str, l
 
 class TranscriptionClient:
     def __init__(self, url: str | list[str] = DEFAULT_URL, model: str = MODEL, timeout: float | None = None,
-                 retry: RetryPolicy | None = None, long_model: str = LONG_MODEL):  # fmt: skip
+                 retry: RetryPolicy | None = None, long_model: str = LONG_MODEL,
+                 stream_model: str = STREAM_MODEL):  # fmt: skip
         import tritonclient.grpc as grpcclient
 
         self._module, self.model, self.long_model, self.timeout = grpcclient, model, long_model, timeout
+        self.stream_model = stream_model
         self.retry = retry or RetryPolicy()
         self.pool = EndpointPool(url, grpcclient.InferenceServerClient, self.retry)
         self._stream_lock = threading.Lock()  # a tritonclient.grpc client holds one stream at a time
@@ -144,6 +152,17 @@ class TranscriptionClient:
                     raise
                 time.sleep(dispatch.pause(e))
 
+    def stream(self, chunks: Iterable, interim_interval_ms: int | None = None,
+               prompt: str | None = None) -> Iterator[StreamSegment]:  # fmt: skip
+        """Live transcription (`streaming.py`): `chunks`, float32 16-kHz mono arrays of any length, are sent as
+        they come; yields the interim (interim_interval_ms > 0, at least 500) and final segments as they are
+        decided, the last final once `chunks` has run out. One stream at a time per client; `timeout`: the
+        whole stream's."""
+        options = StreamOptions(interim_interval_ms, prompt)
+        with self._stream_lock, Dispatch(self.pool).attempt() as endpoint:
+            requests = requests_of(self._module, chunks, new_sequence_id(), options)
+            yield from segments_sync(endpoint.triton, self.stream_model, requests, self.timeout)
+
     def close(self) -> None:
         for triton in self.pool.clients():
             triton.close()
@@ -168,12 +187,13 @@ class AsyncTranscriptionClient:
 
     def __init__(self, url: str | list[str] = DEFAULT_URL, model: str = MODEL, concurrency: int = 8,
                  timeout: float | None = None, retry: RetryPolicy | None = None,
-                 long_model: str = LONG_MODEL):  # fmt: skip
+                 long_model: str = LONG_MODEL, stream_model: str = STREAM_MODEL):  # fmt: skip
         import tritonclient.grpc.aio as grpcclient
 
         if concurrency < 1:
             raise InvalidInput("concurrency must be at least 1")
         self._module, self.model, self.long_model, self.timeout = grpcclient, model, long_model, timeout
+        self.stream_model = stream_model
         self.retry = retry or RetryPolicy()
         self.pool = AsyncEndpointPool(url, grpcclient.InferenceServerClient, self.retry)
         self._slots = asyncio.Semaphore(concurrency)
@@ -237,6 +257,19 @@ class AsyncTranscriptionClient:
                     pause = dispatch.pause(e)
             await asyncio.sleep(pause)
 
+    async def stream(self, chunks: AsyncIterable | Iterable, interim_interval_ms: int | None = None,
+                     prompt: str | None = None) -> AsyncIterator[StreamSegment]:  # fmt: skip
+        """TranscriptionClient.stream; `chunks` an async iterable (or a plain one); a stream holds one of this
+        client's slots until it ends, and any number run at once on one client."""
+        if not isinstance(chunks, AsyncIterable):
+            chunks = _aiter(chunks)
+        options = StreamOptions(interim_interval_ms, prompt)
+        async with self._slots:
+            with Dispatch(self.pool).attempt() as endpoint:
+                requests = requests_of_async(self._module, chunks, new_sequence_id(), options)
+                async for segment in segments_async(endpoint.triton, self.stream_model, requests, self.timeout):
+                    yield segment
+
     async def close(self) -> None:
         self.pool.cancel_lookup()
         for triton in self.pool.clients():
@@ -247,3 +280,8 @@ class AsyncTranscriptionClient:
 
     async def __aexit__(self, *exc) -> None:
         await self.close()
+
+
+async def _aiter(items: Iterable) -> AsyncIterator:
+    for item in items:
+        yield item

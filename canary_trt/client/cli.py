@@ -10,7 +10,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from ..contract import MAX_AUDIO_SECONDS
+from ..contract import MAX_AUDIO_SECONDS, SAMPLE_RATE
 from ..errors import CanaryError, InvalidInput
 
 FORMATS = ("text", "json", "srt", "vtt")
@@ -39,6 +39,22 @@ def main(argv: list[str] | None = None) -> int:
                     f"default: inputs over {MAX_AUDIO_SECONDS:g} s go to canary_qwen_long")  # fmt: skip
     tr.set_defaults(run=_transcribe)
 
+    st = commands.add_parser("stream", help="live transcription of a file, sent in chunks (as a microphone would with "
+                             "--realtime); prints interim and final segments as they come",
+                             epilog="exit status: 0 streamed to the end; 2 a usage or setup error, or the stream "
+                             "refused")  # fmt: skip
+    st.add_argument("audio", type=Path, help="a wav/flac/ogg/mp3 file (any rate: resampled to 16 kHz)")
+    st.add_argument("--url", action="append", help="Triton gRPC endpoint(s) (default 127.0.0.1:8001)")
+    st.add_argument("--realtime", action="store_true", help="pace the chunks at 1x, as a microphone gives them "
+                    "(default: as fast as the server takes them)")  # fmt: skip
+    st.add_argument("--chunk-ms", type=_positive, default=100, help="audio per request, ms (default 100)")
+    st.add_argument("--interim-ms", type=_positive, help="interim results: re-decode the open utterance every N ms of "
+                    "new audio in it (at least 500; default: finals only)")  # fmt: skip
+    st.add_argument("--prompt", help='user instruction (default: the server\'s, "Transcribe the following:")')
+    st.add_argument("--timeout", type=_seconds, help="seconds for the whole stream (default: none)")
+    st.add_argument("--json", action="store_true", help="one JSON object per segment, a line each, interims too")
+    st.set_defaults(run=_stream, attempts=1, backoff=0.5)
+
     ask = commands.add_parser("ask", help="LLM mode: ask about a recording (or ask the base LLM alone)",
                               epilog="exit status: 0 answered; 2 a usage or setup error, or the request refused")  # fmt: skip
     ask.add_argument("question", help="what to ask, e.g. 'Summarize this recording.'")
@@ -52,12 +68,26 @@ def main(argv: list[str] | None = None) -> int:
     ask.set_defaults(run=_ask, attempts=5, backoff=0.5)
 
     from .bench import DEFAULT_WARMUP
+    from .bench_datasets import DEFAULT_WINDOW
+    from .leaderboard import HUB_DATASET, PRESET
 
     be = commands.add_parser("bench", help="measure WER, RTFx, latency and Triton statistics on a data set",
                              epilog=EXIT_CODES)  # fmt: skip
     data = be.add_mutually_exclusive_group(required=True)
     data.add_argument("--manifest", type=Path, help="NeMo JSONL manifest (audio_filepath, text, duration)")
     data.add_argument("--audio-dir", type=Path, help="folder of audio files, each with its transcript in x.txt")
+    data.add_argument("--dataset", action="append",
+                      help="HF_ID[:CONFIG[:SPLIT]] (split default test), or a local folder `datasets` reads "
+                      "(parquet, or save_to_disk), streamed; repeat for several sets, each reported and resumed on "
+                      f"its own; '{PRESET}': the Open ASR Leaderboard's eight English test sets")  # fmt: skip
+    be.add_argument("--leaderboard-data", metavar="ROOT",
+                    help=f"with --dataset {PRESET}: read the sets from this copy of {HUB_DATASET} (same configs "
+                    "and splits) instead of the Hub")  # fmt: skip
+    be.add_argument("--max-samples", type=_positive, help="--dataset: the first N rows of each set only (quick runs)")
+    be.add_argument("--window", type=_positive,
+                    help=f"--dataset: decoded clips read ahead of the sends, at most (default {DEFAULT_WINDOW})")
+    be.add_argument("--build", type=Path,
+                    help="the server's build folder: its export.json names the target and precision in the report")
     _add_server_options(be)
     be.add_argument("--concurrency", type=_levels, default=[1, 8, 32], help="comma-separated levels (default 1,8,32)")
     be.add_argument("--warmup", type=int, default=DEFAULT_WARMUP,
@@ -216,6 +246,34 @@ def _ask(args) -> int:
     return 0
 
 
+def _stream(args) -> int:
+    """Finals as `[start - end] text`; interims marked, overwritten in place on a terminal."""
+    from ..audio import load_audio
+    from .api import TranscriptionClient
+    from .streaming import chunked, paced
+
+    samples = load_audio(args.audio)
+    chunks = chunked(samples, args.chunk_ms)
+    overwrite = sys.stdout.isatty() and not args.json
+    finals, start = 0, time.perf_counter()
+    with TranscriptionClient(_urls(args), timeout=args.timeout, retry=_retry(args)) as client:
+        for segment in client.stream(paced(chunks) if args.realtime else chunks, args.interim_ms, args.prompt):
+            finals += segment.is_final
+            if args.json:
+                print(json.dumps(asdict(segment), ensure_ascii=False), flush=True)
+                continue
+            text = " ".join(segment.text.split())  # one line per segment
+            line = f"[{segment.start_s:7.2f} - {segment.end_s:7.2f}] {'' if segment.is_final else '~ '}{text}"
+            if overwrite:  # an interim is replaced by the next line; a final stays
+                sys.stdout.write(f"\r\033[K{line}" + ("\n" if segment.is_final else ""))
+                sys.stdout.flush()
+            else:
+                print(line, flush=True)
+    wall = time.perf_counter() - start
+    print(f"[{finals} final segments, {samples.size / SAMPLE_RATE:.2f} s of audio in {wall:.2f} s]", file=sys.stderr)
+    return 0
+
+
 def _ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1000:.0f} ms"
 
@@ -261,6 +319,10 @@ def _bench(args) -> int:
     from .manifest import read_audio_dir, read_manifest
     from .report import summary_rows, write_report
 
+    if args.dataset:
+        return _bench_datasets(args)
+    if args.max_samples or args.leaderboard_data or args.window or args.build:
+        raise InvalidInput("--max-samples, --leaderboard-data, --window and --build are for --dataset")
     utterances = read_manifest(args.manifest) if args.manifest else read_audio_dir(args.audio_dir)
     source = str(args.manifest or args.audio_dir)
     report = run_benchmark(_urls(args), utterances, args.concurrency, args.warmup, args.max_new_tokens, source,
@@ -282,6 +344,54 @@ def _bench(args) -> int:
 
         print(f"some utterances failed: run again with --out {args.out} to resume (done ones are kept in "
               f"{args.out / PARTIAL_NAME})", file=sys.stderr)  # fmt: skip
+        return 1
+    return 0
+
+
+def _dataset_runs(args) -> list:
+    """--dataset values as DatasetRuns; the preset stands for its eight sets."""
+    from .bench_datasets import DatasetRun
+    from .datasets_source import DatasetSpec
+    from .leaderboard import HUB_DATASET, PRESET, preset_specs
+
+    if args.leaderboard_data and PRESET not in args.dataset:
+        raise InvalidInput(f"--leaderboard-data is for --dataset {PRESET}")
+    runs = []
+    for text in args.dataset:
+        if text == PRESET:
+            runs += [DatasetRun(DatasetSpec.parse(spec), s.name, s.published_wer)
+                     for spec, s in preset_specs(args.leaderboard_data or HUB_DATASET)]  # fmt: skip
+        else:
+            spec = DatasetSpec.parse(text)
+            runs.append(DatasetRun(spec, spec.label))
+    return runs
+
+
+def _bench_datasets(args) -> int:
+    from ..export_info import read_export_info
+    from .bench_datasets import DEFAULT_WINDOW, run_dataset_benchmark
+    from .leaderboard import PRESET
+    from .report import sets_rows, write_summary
+
+    runs = _dataset_runs(args)
+    build = read_export_info(args.build) if args.build else None
+    summary = run_dataset_benchmark(_urls(args), runs, args.concurrency, args.warmup, args.out,
+                                    max_new_tokens=args.max_new_tokens, fresh=args.fresh, retry=_retry(args),
+                                    timeout=args.timeout, prompt=args.prompt, max_samples=args.max_samples,
+                                    window=args.window or DEFAULT_WINDOW, build=build,
+                                    preset=PRESET if PRESET in args.dataset else None)  # fmt: skip
+    written = write_summary(summary, args.out)
+    for level in summary["levels"]:
+        print(f"concurrency {level['concurrency']}:")
+        rows = sets_rows(level, summary["published"])
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        for row in rows:
+            print("  ".join(cell.rjust(width) for cell, width in zip(row, widths)))
+    print("wrote " + ", ".join(str(path) for path in written) + f" (each set's report in its folder under {args.out})")
+    failed = sum(r["failed"] for level in summary["levels"] for r in level["sets"])
+    if failed:
+        print(f"{failed} requests failed: run again with --out {args.out} to resume (each set keeps its done ones in "
+              "its folder's partial.jsonl)", file=sys.stderr)  # fmt: skip
         return 1
     return 0
 

@@ -14,7 +14,8 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from ..contract import CHAT_MODEL, CLIPS_PER_REQUEST, LLM_DECODER, MAX_LONG_AUDIO_SECONDS, MODEL_REPOSITORY, Budgets
+from ..contract import (CHAT_MODEL, CLIPS_PER_REQUEST, LLM_DECODER, MAX_BUFFERED_SECONDS, MAX_LONG_AUDIO_SECONDS,
+                        MAX_STREAMS, MODEL_REPOSITORY, STREAM_IDLE_S, Budgets)
 from ..longform import served_options
 
 LAYERS = {"cpu": ("common", "cpu"), "gpu": ("common", "gpu")}
@@ -62,6 +63,10 @@ BUCKET_SECONDS = {"cpu": 0.0, "gpu": 2.0}
 # export/presets.py LLM_DTYPE). CPU: the audio embeddings' FP32 unchanged, so that the fp32 build decodes
 # exactly what the reference decodes (rounding the table to FP16 can flip a near-tie).
 PROMPT_TABLE_TYPE = {"cpu": "TYPE_FP32", "gpu": "TYPE_FP16"}
+# canary_qwen_stream's Triton sequence slots per stream it may hold open: a refused START or a vanished client
+# keeps its slot until the idle time, and a START finding no free slot would wait in Triton's backlog instead of
+# being refused by name; with 8, seven times max_streams such sequences fit within one idle time.
+STREAM_SLOTS_PER_STREAM = 8
 
 
 def templates() -> Path:
@@ -82,6 +87,9 @@ def values_for(manifest: dict, build: Path, overrides: dict | None = None) -> di
         "queue_timeout_us": QUEUE_TIMEOUT_US[flavour],
         "max_audio_seconds": budgets.max_audio_seconds,
         "max_long_audio_seconds": MAX_LONG_AUDIO_SECONDS,
+        "max_streams": MAX_STREAMS,
+        "stream_idle_s": STREAM_IDLE_S,
+        "max_buffered_seconds": MAX_BUFFERED_SECONDS,
         "segmenter_options": "\n".join(f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}' for key, value
                                        in served_options.to_parameters(served_options.for_build(budgets)).items()),
         "clips_per_request": CLIPS_PER_REQUEST,
@@ -105,8 +113,11 @@ def values_for(manifest: dict, build: Path, overrides: dict | None = None) -> di
         raise ValueError(f"no such template value: {', '.join(sorted(unknown))}")
     values.update(overrides or {})
     values = {k: str(v) for k, v in values.items()}
-    # filled last, so that an override (a tiny max_queue_size for an overload test) reaches it too
+    # filled last, so that an override (a tiny max_queue_size for an overload test, a short stream_idle_s)
+    # reaches them too
     values["queue_policy"] = fill((templates() / QUEUE_POLICY).read_text(encoding="utf-8"), values, templates() / QUEUE_POLICY)
+    values["stream_idle_us"] = str(round(float(values["stream_idle_s"]) * 1_000_000))
+    values["stream_sequence_slots"] = str(STREAM_SLOTS_PER_STREAM * int(values["max_streams"]))
     return values
 
 

@@ -197,6 +197,20 @@ class Segmenter:
         self._regions.finish(frames)
         return self._advance(final=True)
 
+    def open_start_ms(self) -> int | None:
+        """Where the undecided utterance starts (the chunk being built; its final chunk starts there too),
+        or None while no speech is pending. A live caller re-decodes from here for interim results."""
+        return None if self._chunk is None else self._chunk.start_ms
+
+    def undecided_from_ms(self) -> int:
+        """Every chunk still to come starts at or after this: a live caller may drop the audio before it."""
+        if self._chunk is not None:
+            return self._chunk.start_ms
+        # no chunk open, so no closed region is waiting (_advance opens one at once): the next chunk starts at
+        # the region now forming, or at one starting after the last frame read, less the pad
+        onset = self._regions.on if self._regions.on is not None else self._t + 1
+        return max(self._prev_end, onset * FRAME_MS - self.o.speech_pad_ms)
+
     # -- the rule ---------------------------------------------------------------------------------------------
 
     def _advance(self, final: bool) -> list[Chunk]:

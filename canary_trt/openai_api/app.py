@@ -16,6 +16,9 @@ Long recordings: an upload's length is read from its header (in a worker thread,
 over `max_audio_seconds` is refused with a 400 before it is decoded; audio over 40 s (by that header length)
 goes to `canary_qwen_long`, shorter audio to the ensemble with `max_new_tokens` (the long model sets each
 segment's budget itself). Every answer has segments: verbose_json's `segments`, `srt` and `vtt` subtitles.
+
+`stream=true` (response_format json or text): OpenAI's transcript.text.delta / transcript.text.done
+server-sent events (streaming.py); the admission slot is held until the stream ends.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from dataclasses import dataclass
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -37,10 +41,12 @@ from .auth import require_key
 from .chat import add_chat_routes
 from .errors import SERVER_ERROR, ApiError, bad_request, from_transcription_failure, too_busy, triton_message
 from .settings import MiB, Admission, Settings, known_model
+from .streaming import stream_long, whole_text_events
 from .uploads import admit_length, drain, read_body, too_large
 
 FORM_OVERHEAD = MiB  # room for the other fields and the multipart framing around the file
 RESPONSE_FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
+STREAMED_FORMATS = ("json", "text")  # OpenAI's streamed events carry text only
 GRANULARITIES = "timestamp_granularities[]"
 FIELDS = {"file", "model", "prompt", "response_format", "temperature", "language", "stream", GRANULARITIES}
 # Parameters of OpenAI's API this model cannot honour, and why.
@@ -50,6 +56,16 @@ NOT_PROVIDED = {
 CENTISECONDS = 100  # verbose_json `seek`: the segment's start in 10-ms frames (module doc of _segment)
 HEALTH_TIMEOUT = 5.0
 FAILOVER = RetryPolicy(attempts=2, initial=0.0)  # one more send, at once: the caller owns backoff
+
+
+@dataclass(frozen=True)
+class Upload:
+    audio: object  # the encoded file, or its samples when the header did not say its length (uploads.admit_length)
+    long: bool  # over 40 s: canary_qwen_long, or canary_qwen_stream when streamed
+    instruction: str | None
+    response_format: str
+    stream: bool
+    filename: str | None
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -91,21 +107,36 @@ def create_app(settings: Settings) -> FastAPI:
             await drain(request, 4 * (settings.max_file_bytes + FORM_OVERHEAD))  # so the caller reads the 429
             raise too_busy(f"too many requests: {admission.admitted} uploading, queued or in flight (the limit); "
                            "retry later")  # fmt: skip
-        with admission.slot():
+        slot = admission.slot()
+        slot.__enter__()  # held until the answer is sent: by a streamed one's body, else here
+        streaming = False
+        try:
             form = await _read_form(request, settings.max_file_bytes + FORM_OVERHEAD)
             try:
-                result, response_format = await transcribe(request, form)
+                upload = await read_upload(form)
             finally:
                 await form.close()  # the upload's spooled temporary file
-        return _render(result, response_format)
+            client = request.app.state.client
+            if upload.stream and upload.long:
+                release = slot.__exit__  # idempotent: a context exits once
+                response = await stream_long(client, upload.audio, upload.instruction, settings.triton_url,
+                                             upload.filename, lambda: release(None, None, None))  # fmt: skip
+                streaming = True
+                return response
+            result = await transcribe(client, upload)
+        finally:
+            if not streaming:
+                slot.__exit__(None, None, None)
+        return whole_text_events(result.text) if upload.stream else _render(result, upload.response_format)
 
-    async def transcribe(request: Request, form) -> tuple[Transcription, str]:
+    async def read_upload(form) -> Upload:
+        """The request's audio and options, every problem refused by name before anything is decoded."""
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
             raise bad_request("missing the audio: send it as the multipart file field 'file'", param="file")
         known_model(_field(form, "model", required=True), settings)
         response_format = _response_format(form)
-        _check_options(form)
+        stream = _check_options(form, response_format)
         _check_granularities(form, response_format)
         audio = await upload.read()
         if len(audio) > settings.max_file_bytes:
@@ -114,17 +145,21 @@ def create_app(settings: Settings) -> FastAPI:
         instruction = _field(form, "prompt") if settings.prompt_as_instruction else None
         try:
             audio, seconds = await admit_length(audio, settings.max_audio_seconds)
-            # Routed by the header's length, as the client would by the decoded one; stated explicitly so that
-            # max_new_tokens (the ensemble's only) always goes with the model that takes it.
-            long = seconds > MAX_AUDIO_SECONDS
-            result = await request.app.state.client.transcribe(
-                audio, None if isinstance(audio, bytes) else SAMPLE_RATE, prompt=instruction, long_form=long,
-                max_new_tokens=None if long else settings.max_new_tokens)  # fmt: skip
         except ApiError:
             raise
         except Exception as e:
             raise from_transcription_failure(e, settings.triton_url, upload.filename) from e
-        return result, response_format
+        # Routed by the header's length, as the client would by the decoded one.
+        return Upload(audio, seconds > MAX_AUDIO_SECONDS, instruction, response_format, stream, upload.filename)
+
+    async def transcribe(client: AsyncTranscriptionClient, upload: Upload) -> Transcription:
+        # long_form stated explicitly so that max_new_tokens (the ensemble's only) goes with the model that takes it
+        try:
+            return await client.transcribe(
+                upload.audio, None if isinstance(upload.audio, bytes) else SAMPLE_RATE, prompt=upload.instruction,
+                long_form=upload.long, max_new_tokens=None if upload.long else settings.max_new_tokens)  # fmt: skip
+        except Exception as e:
+            raise from_transcription_failure(e, settings.triton_url, upload.filename) from e
 
     add_chat_routes(v1, settings, admission)  # LLM mode: canary_qwen_chat, in builds exported with --llm-mode
     app.include_router(v1)
@@ -216,9 +251,10 @@ def _check_granularities(form, response_format: str) -> None:
                           param=GRANULARITIES)  # fmt: skip
 
 
-def _check_options(form) -> None:
+def _check_options(form, response_format: str) -> bool:
     """Options accepted for compatibility: `language` must be English, `temperature` a number in [0, 1]
-    (decoding is greedy whatever it is), `stream` false; anything else is refused by name."""
+    (decoding is greedy whatever it is); anything else is refused by name. Returns `stream` (true/false; true
+    with response_format json or text only)."""
     for name in form:
         if name not in FIELDS:
             why = NOT_PROVIDED.get(name, "unknown to this server")
@@ -235,8 +271,13 @@ def _check_options(form) -> None:
             valid = False
         if not valid:
             raise bad_request(f"temperature must be a number between 0 and 1, got {temperature!r}", param="temperature")
-    if (_field(form, "stream") or "false").lower() not in ("false", "0"):
-        raise bad_request("streaming is not supported: send stream=false or leave it out", param="stream")
+    stream = (_field(form, "stream") or "false").strip().lower()
+    if stream not in ("true", "1", "false", "0"):
+        raise bad_request(f"stream must be true or false, got {stream!r}", param="stream")
+    if stream in ("true", "1") and response_format not in STREAMED_FORMATS:
+        raise bad_request(f"response_format {response_format!r} is not supported with stream=true: use "
+                          f"{' or '.join(STREAMED_FORMATS)}", param="response_format")  # fmt: skip
+    return stream in ("true", "1")
 
 
 def _segment(index: int, segment) -> dict:

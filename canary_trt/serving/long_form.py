@@ -6,12 +6,13 @@
 - Longer audio is cut by the long-form segmenter (Silero VAD, `canary_trt.longform`) with the options in this
   model's config, the chunk length chosen at export to fit the build's new-token budget
   (`longform/served_options.py`). Each chunk is one ensemble request with MAX_NEW_TOKENS = its budget, a chunk
-  under the ensemble's 0.1-s minimum zero-padded to it. The VAD reads the recording in blocks through the
-  streaming segmenter (the same chunks as `segment`, by its construction), and each chunk is sent as soon as
-  it is decided, so decoding overlaps the VAD (~120x real time on one core: a minute for two hours) and no
-  copy of the whole recording is made. The chunks are in flight together (at most `max_chunks_in_flight`,
-  the decoder's batch, which keeps them inside every queue behind the ensemble), so the ensemble's batchers
-  batch them. One chunk's failure fails the request, naming the chunk; no further chunk is sent.
+  under the ensemble's 0.1-s minimum zero-padded to it (chunks.py, shared with the live streaming.py). The VAD
+  reads the recording in blocks through the streaming segmenter (the same chunks as `segment`, by its
+  construction), and each chunk is sent as soon as it is decided, so decoding overlaps the VAD (~120x real time
+  on one core: a minute for two hours) and no copy of the whole recording is made. The chunks are in flight
+  together (at most `max_chunks_in_flight`, the decoder's batch, which keeps them inside every queue behind the
+  ensemble), so the ensemble's batchers batch them. One chunk's failure fails the request, naming the chunk;
+  no further chunk is sent.
 - Refusals stay INVALID_ARGUMENT. Triton 2.51's python backend (the CPU flavour's) hands BLS errors back
   without their code (always INTERNAL; newer backends keep it, and it is used where present), so what the
   client controls is checked here, up front, by the steps' own code: the audio by audio_check's rules
@@ -31,27 +32,22 @@ import contextlib
 from dataclasses import dataclass
 
 import numpy as np
-import triton_python_backend_utils as pb_utils
 
-from ..contract import (ENSEMBLE, INPUT_MAX_NEW_TOKENS, INPUT_PROMPT, INPUT_WAV, INPUT_WAV_LENS, LONG_FORM_MODEL,
-                        MIN_SAMPLES, OUTPUT_SEGMENT_END_MS, OUTPUT_SEGMENT_START_MS, OUTPUT_SEGMENT_TEXT,
-                        OUTPUT_SEGMENT_TOKEN_COUNTS, OUTPUT_SEGMENT_TOKEN_IDS, OUTPUT_SEGMENT_TRUNCATED, OUTPUT_TOKEN_IDS,
-                        OUTPUT_TRANSCRIPT, SAMPLE_RATE, Budgets)
+from ..contract import (INPUT_PROMPT, INPUT_WAV, INPUT_WAV_LENS, LONG_FORM_MODEL, OUTPUT_SEGMENT_END_MS,
+                        OUTPUT_SEGMENT_START_MS, OUTPUT_SEGMENT_TEXT, OUTPUT_SEGMENT_TOKEN_COUNTS, OUTPUT_SEGMENT_TOKEN_IDS,
+                        OUTPUT_SEGMENT_TRUNCATED, OUTPUT_TRANSCRIPT, SAMPLE_RATE, Budgets)
 from ..longform import Chunk, SileroVad, StreamingSegmenter
 from ..longform.served_options import from_parameters
 from ..longform.vad import open_session
 from .adapter import TritonPythonModel as Adapter
 from .adapter import instruction_text
 from .audio_check import check_clips
-from .triton import BadRequest, build_manifest, guarded_async, parameters, per_request_async, tensor
+from .chunks import transcribe_chunk
+from .triton import build_manifest, guarded_async, parameters, per_request_async, tensor
 
 MODEL = LONG_FORM_MODEL
 SAMPLES_PER_MS = SAMPLE_RATE // 1000
 VAD_BLOCK = 10 * SAMPLE_RATE  # ~0.1 s of VAD work between the event loop's turns (sending, answers)
-
-
-class ChunkFailed(RuntimeError):
-    """The ensemble failed on a chunk (not the request's fault)."""
 
 
 @dataclass
@@ -119,21 +115,12 @@ class TritonPythonModel:
         async with recording.limit:  # the chunk's samples are copied only once it is sent
             if recording.failed:
                 return None  # the request fails anyway
-            wav = chunk.slice(recording.clip)
-            wav = np.pad(wav, (0, max(0, MIN_SAMPLES - wav.size)))[None]
-            inputs = [pb_utils.Tensor(INPUT_WAV, wav), pb_utils.Tensor(INPUT_WAV_LENS, np.array([[wav.shape[1]]], dtype=np.int32)),
-                      pb_utils.Tensor(INPUT_MAX_NEW_TOKENS, np.array([[chunk.max_new_tokens]], dtype=np.int32))]  # fmt: skip
-            if recording.prompt is not None:
-                inputs.append(pb_utils.Tensor(INPUT_PROMPT, recording.prompt))
-            response = await pb_utils.InferenceRequest(model_name=ENSEMBLE, inputs=inputs,
-                                                       requested_output_names=[OUTPUT_TRANSCRIPT, OUTPUT_TOKEN_IDS]).async_exec()  # fmt: skip
-        if response.has_error():
-            recording.failed = True
-            error = response.error()
-            message = f"chunk {chunk.start_ms}-{chunk.end_ms} ms: {error.message()}"
-            raise BadRequest(message) if error.code() == pb_utils.TritonError.INVALID_ARG else ChunkFailed(message)
-        text = pb_utils.get_output_tensor_by_name(response, OUTPUT_TRANSCRIPT).as_numpy()[0, 0]
-        return text, pb_utils.get_output_tensor_by_name(response, OUTPUT_TOKEN_IDS).as_numpy()[0]
+            try:
+                return await transcribe_chunk(chunk.slice(recording.clip), chunk.max_new_tokens, recording.prompt,
+                                              f"chunk {chunk.start_ms}-{chunk.end_ms} ms")  # fmt: skip
+            except Exception:
+                recording.failed = True
+                raise
 
 
 def outputs(chunks: list[Chunk], results: list[tuple[bytes, np.ndarray]]) -> dict[str, np.ndarray]:
