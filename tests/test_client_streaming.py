@@ -11,6 +11,8 @@ import json
 import re
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +24,9 @@ from tritonclient.utils import InferenceServerException
 from canary_trt.client import AsyncTranscriptionClient, TranscriptionClient
 from canary_trt.client.cli import main
 from canary_trt.client.retry import INVALID_INPUT, classify
-from canary_trt.client.streaming import (StreamOptions, StreamSegment, chunked, new_sequence_id, paced, requests_of,
-                                         segments_sync)  # fmt: skip
+from canary_trt.client import streaming
+from canary_trt.client.streaming import (KEEPALIVE_ID, MAX_UNANSWERED, StreamOptions, StreamSegment, chunked,
+                                         new_sequence_id, paced, requests_of, segments_sync)  # fmt: skip
 from canary_trt.contract import MIN_INTERIM_INTERVAL_MS, SAMPLE_RATE, STREAM_MODEL
 from canary_trt.errors import InvalidInput
 
@@ -184,3 +187,49 @@ def test_paced_gives_each_chunk_once_it_would_have_been_recorded():
 
     chunks = list(paced(chunked(np.zeros(8000, np.float32), 200), clock=lambda: now[0], sleep=sleep))
     assert [len(c) for c in chunks] == [3200, 3200, 1600] and sleeps == [0.2, 0.2, 0.1]
+
+
+class _SlowServer:
+    """A stand-in tritonclient.grpc client whose answers all wait until `hold` s after the first request (a stream
+    whose first utterance takes long to decode), then come at once; it records what was sent."""
+
+    def __init__(self, hold: float):
+        self.hold, self.sent, self.most_unanswered, self.unanswered = hold, [], 0, 0
+        self.release_at, self.lock = None, threading.Lock()
+
+    def start_stream(self, callback, stream_timeout=None):
+        self.callback = callback
+
+    def async_stream_infer(self, model, enable_empty_final_response, **kwargs):
+        from tritonclient.grpc import InferResult, service_pb2
+
+        request_id = kwargs["request_id"]
+        with self.lock:
+            self.sent.append(request_id)
+            self.release_at = self.release_at or time.monotonic() + self.hold
+            if request_id != KEEPALIVE_ID:
+                self.unanswered += 1
+                self.most_unanswered = max(self.most_unanswered, self.unanswered)
+        response = service_pb2.ModelInferResponse(id=request_id)
+        response.parameters["triton_final_response"].bool_param = True
+
+        def answer():
+            with self.lock:
+                self.unanswered -= request_id != KEEPALIVE_ID
+            self.callback(InferResult(response), None)
+
+        threading.Timer(max(0.0, self.release_at - time.monotonic()), answer).start()
+
+    def stop_stream(self, cancel_requests=False):
+        pass
+
+
+def test_a_full_window_keeps_the_stream_alive_with_empty_requests(monkeypatch):
+    monkeypatch.setattr(streaming, "KEEPALIVE_S", 0.2)
+    server = _SlowServer(hold=1.5)
+    requests = requests_of(grpcclient, chunked(np.zeros(20 * 1600, np.float32), 100), 42, StreamOptions())
+    assert list(segments_sync(server, STREAM_MODEL, requests, None)) == []
+    chunks = [r for r in server.sent if r != KEEPALIVE_ID]
+    assert chunks == [str(n) for n in range(21)]  # 20 chunks and END, each once, in order
+    assert KEEPALIVE_ID in server.sent[MAX_UNANSWERED:server.sent.index(str(MAX_UNANSWERED))]  # while blocked
+    assert server.most_unanswered == MAX_UNANSWERED  # the keep-alives took no place in the window

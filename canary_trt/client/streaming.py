@@ -14,7 +14,8 @@ so far, every `interim_interval_ms` of new audio in it; None or 0: none) and fin
 overlapping).
 
 Backpressure: at most `MAX_UNANSWERED` requests are in flight; a faster source (a file sent unpaced) waits
-for answers, so the audio the server holds stays bounded (its max_buffered_seconds). A refusal (the message
+for answers, so the audio the server holds stays bounded (its max_buffered_seconds). While it waits, an empty
+request every `KEEPALIVE_S` keeps the stream from being freed as idle (answers can wait on long decodes). A refusal (the message
 starts with contract.STREAM_REFUSAL: bad audio or options, too many streams, ...) is raised as an
 INVALID_ARGUMENT InferenceServerException (retry.classify: invalid input), as is Triton's refusal of a request
 on a sequence it no longer holds (the stream idle past stream_idle_s), any other failure as it came. The first
@@ -45,6 +46,11 @@ from .tensors import Segment, infer_inputs
 __all__ = ["STREAM_MODEL", "StreamSegment", "chunked", "paced", "paced_async"]
 
 MAX_UNANSWERED = 8  # requests in flight per stream: 8 chunks ahead of the server's answers at most
+# While that window is full (the server is behind: a stream's answers wait for its decodes), an empty request
+# every KEEPALIVE_S keeps Triton's sequence idle timer and the model's stream_idle_s (default 30) from freeing a
+# live stream that has simply stopped sending; it carries no audio, so the bound on what the server holds stays.
+KEEPALIVE_S = 5.0
+KEEPALIVE_ID = "keepalive"  # its request id (the chunks' are their numbers)
 FINAL_FLAG = "triton_final_response"  # the response parameter Triton sets on a request's last response
 # Triton's own refusal of a request on a sequence it does not hold (never started, ended, or reaped after its
 # idle time), which never reaches the model and so lacks contract.STREAM_REFUSAL (core r24.10, bfec7c61,
@@ -92,6 +98,15 @@ def _request(module, samples: np.ndarray, number: int, sequence_id: int, end: bo
     tensors = [(INPUT_WAV, samples[None], "FP32"), *(options.start_tensors() if number == 0 else [])]
     return {"inputs": infer_inputs(module, tensors), "request_id": str(number), "sequence_id": sequence_id,
             "sequence_start": number == 0, "sequence_end": end}  # fmt: skip
+
+
+def _keepalive(kwargs: dict) -> dict:
+    """An empty request on the stream of `kwargs` (a request already sent): no samples, no START or END."""
+    import tritonclient.grpc as grpcclient  # the aio client takes the same InferInput
+
+    return {"inputs": infer_inputs(grpcclient, [(INPUT_WAV, np.zeros((1, 0), np.float32), "FP32")]),
+            "request_id": KEEPALIVE_ID, "sequence_id": kwargs["sequence_id"], "sequence_start": False,
+            "sequence_end": False}  # fmt: skip
 
 
 def requests_of(module, chunks: Iterable, sequence_id: int, options: StreamOptions) -> Iterator[dict]:
@@ -164,9 +179,14 @@ def segments_sync(triton, model: str, requests: Iterator[dict], timeout: float |
     def send():
         try:
             for kwargs in requests:
+                waited = 0.0
                 while not window.acquire(timeout=0.1):
                     if stopped.is_set():
                         return
+                    waited += 0.1
+                    if waited >= KEEPALIVE_S:  # the window is full: the first request (START) has been sent
+                        triton.async_stream_infer(model, enable_empty_final_response=True, **_keepalive(kwargs))
+                        tally.sent, waited = tally.sent + 1, 0.0
                 if stopped.is_set():
                     return
                 triton.async_stream_infer(model, enable_empty_final_response=True, **kwargs)
@@ -193,7 +213,8 @@ def segments_sync(triton, model: str, requests: Iterator[dict], timeout: float |
             segment = read_segment(result)
             if is_last_response(result):
                 tally.answered += 1
-                window.release()
+                if result.get_response().id != KEEPALIVE_ID:  # a keep-alive took no place in the window
+                    window.release()
             if segment is not None:
                 yield segment
     finally:
@@ -214,15 +235,24 @@ async def segments_async(triton, model: str, requests: AsyncIterator[dict],
 
     window, tally, failure = asyncio.Semaphore(MAX_UNANSWERED), _Tally(), []
 
+    def message_of(kwargs: dict):
+        message = _get_inference_request(model_name=model, model_version="", outputs=None, priority=0, timeout=None,
+                                         parameters=None, **kwargs)  # fmt: skip
+        message.parameters["triton_enable_empty_final_response"].bool_param = True
+        return message
+
     async def messages():
         try:
             async for kwargs in requests:
-                await window.acquire()
-                message = _get_inference_request(model_name=model, model_version="", outputs=None, priority=0,
-                                                 timeout=None, parameters=None, **kwargs)  # fmt: skip
-                message.parameters["triton_enable_empty_final_response"].bool_param = True
+                while True:
+                    try:
+                        await asyncio.wait_for(window.acquire(), KEEPALIVE_S)
+                        break
+                    except asyncio.TimeoutError:  # the window is full: the first request (START) has been sent
+                        tally.sent += 1
+                        yield message_of(_keepalive(kwargs))
                 tally.sent += 1
-                yield message
+                yield message_of(kwargs)
             tally.through = True
         except Exception as e:  # the source's own error: half-close, then raised to the consumer
             failure.append(e)
@@ -236,7 +266,8 @@ async def segments_async(triton, model: str, requests: AsyncIterator[dict],
             segment = read_segment(result)
             if is_last_response(result):
                 tally.answered += 1
-                window.release()
+                if result.get_response().id != KEEPALIVE_ID:  # a keep-alive took no place in the window
+                    window.release()
             if segment is not None:
                 yield segment
             if tally.done:
