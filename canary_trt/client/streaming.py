@@ -169,6 +169,15 @@ class _Tally:
     def done(self) -> bool:
         return self.through and self.answered == self.sent
 
+    def take(self, result, window) -> StreamSegment | None:
+        """A response: its segment (None for an empty one); a request's last response counts it answered and
+        frees its place in `window` (a threading or asyncio semaphore; a keep-alive took none)."""
+        if is_last_response(result):
+            self.answered += 1
+            if result.get_response().id != KEEPALIVE_ID:
+                window.release()
+        return read_segment(result)
+
 
 def segments_sync(triton, model: str, requests: Iterator[dict], timeout: float | None) -> Iterator[StreamSegment]:
     """The stream on a tritonclient.grpc client (one stream per client at a time: callers lock). The requests
@@ -210,11 +219,7 @@ def segments_sync(triton, model: str, requests: Iterator[dict], timeout: float |
             result, error = value
             if error is not None:
                 raise refusal_status(error)
-            segment = read_segment(result)
-            if is_last_response(result):
-                tally.answered += 1
-                if result.get_response().id != KEEPALIVE_ID:  # a keep-alive took no place in the window
-                    window.release()
+            segment = tally.take(result, window)
             if segment is not None:
                 yield segment
     finally:
@@ -263,11 +268,7 @@ async def segments_async(triton, model: str, requests: AsyncIterator[dict],
             if response.error_message:
                 raise refusal_status(InferenceServerException(msg=response.error_message))
             result = InferResult(response.infer_response)
-            segment = read_segment(result)
-            if is_last_response(result):
-                tally.answered += 1
-                if result.get_response().id != KEEPALIVE_ID:  # a keep-alive took no place in the window
-                    window.release()
+            segment = tally.take(result, window)
             if segment is not None:
                 yield segment
             if tally.done:
