@@ -115,8 +115,9 @@ def test_batch_independence(decoder, make_request, prompt):
 
 
 def test_the_cache_stays_in_onnx_runtime(decoder, make_request, monkeypatch):
-    """Every step binds the previous step's present OrtValues as its past, as they are; only the step where a
-    row leaves gathers new ones (one numpy copy), and the remaining row decodes as it does alone."""
+    """Each prompt is prefilled on its own (batch 1, no past); every step binds the previous step's present
+    OrtValues as its past, as they are; only joining (two prefills into one batch) and the step where a row
+    leaves gather new ones (one numpy copy), and the remaining row decodes as it does alone."""
     steps = []
     run = decoder._run
 
@@ -125,14 +126,23 @@ def test_the_cache_stays_in_onnx_runtime(decoder, make_request, monkeypatch):
         steps.append((cache, present))
         return logits, present
 
+    def reused(decode_steps):
+        return [all(past is prev for past, prev in zip(cache, decode_steps[t - 1][1]))
+                for t, (cache, _) in enumerate(decode_steps) if t]  # fmt: skip
+
     monkeypatch.setattr(decoder, "_run", spy)
     short, long = make_request("0880", 3, end_id=-1), make_request("1s", end_id=-1)  # -1: both run to their budget
     together = decoder.generate([short, long])
+    prefills, decode = steps[:2], steps[2:]
+    steps.clear()
+    alone = decoder.generate([long])
     monkeypatch.undo()
-    assert len(steps) == MAX_NEW and together[1] == decoder.generate([long])[0]
-    reused = [all(past is prev for past, prev in zip(cache, steps[t - 1][1])) for t, (cache, _) in enumerate(steps) if t]
-    assert reused == [t != 3 for t in range(1, MAX_NEW)]  # step 3: the short row has left
-    assert [c.shape()[0] for c in steps[3][0]] == [1] * 2 * decoder.num_layers
+    assert together[1] == alone[0] and len(decode) == MAX_NEW - 1
+    assert all(c.shape()[0] == 1 and c.shape()[2] == 0 for past, _ in prefills for c in past)
+    assert [c.shape()[0] for c in decode[0][0]] == [2] * 2 * decoder.num_layers  # the joined copy
+    assert reused(decode) == [t != 2 for t in range(1, MAX_NEW - 1)]  # decode step 2: the short row has left
+    assert [c.shape()[0] for c in decode[2][0]] == [1] * 2 * decoder.num_layers
+    assert reused(steps) == [True] * (MAX_NEW - 1)  # alone: the prefill's cache is the first step's past
 
 
 def test_stops_at_end_id(decoder, make_request, expected):

@@ -7,6 +7,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from canary_trt.encoding import encode
 from canary_trt.export.encoder_onnx import export_encoder_onnx
 from canary_trt.frontend import LogMelFrontend
 from canary_trt.tokenizer import asr_prompt_ids
@@ -72,3 +73,11 @@ def test_embeddings_and_tokens_match_the_reference(case, session, reference, cli
     assert diff < 1e-4
     prompt = asr_prompt_ids(reference.tokenizer)
     assert reference.generate(ours, prompt, 24) == reference.generate(expected, prompt, 24)
+
+
+def test_encode_gives_each_clip_its_own_embeddings(session, clips):
+    """encoding.encode (the ONNX pipeline's and the CPU flavour's encoder): a clip's embeddings are bit-equal
+    whatever clips share its call (each runs alone: no padding, no batch-wide int8 activation scales)."""
+    names = CASES["mixed batch"]
+    together = encode(session, [clips[name] for name in names])
+    assert all(np.array_equal(got, encode(session, [clips[name]])[0]) for name, got in zip(names, together))

@@ -144,6 +144,6 @@ def test_cpu_flavour_specifics(cpu_build):
     for name in ("encoder", "adapter", "decoder", "detokenizer"):
         assert configs[name].backend == "python"
         assert configs[name].parameters["build_dir"].string_value == str(cpu_build.resolve())
-        # the decoder batches in flight (requests join at the next step): it waits for no batch
-        assert (configs[name].dynamic_batching.max_queue_delay_microseconds > 0) == (name != "decoder")
+        # on CPU nothing waits for a batch: the decoder batches in flight, the encoder runs each clip alone
+        assert configs[name].dynamic_batching.max_queue_delay_microseconds == 0
     assert {i.name: i.allow_ragged_batch for i in configs["encoder"].input}["WAV"]

@@ -35,11 +35,13 @@ DECODERS = {"decoder": (False, "asr", PROMPT_TABLE_IO, "llm_engine"),
 # Written only into a build exported with --llm-mode (its manifest has "llm_mode"): the base LLM and the chat
 # BLS model that calls it (serving/chat.py, template common/canary_qwen_chat).
 LLM_MODE_MODELS = (LLM_DECODER, CHAT_MODEL)
-# The models before and after the decoder (encoder, adapter, detokenizer) batch what arrives together. CPU: a
-# short wait to gather concurrent requests costs little next to seconds of decoding. The decoders wait for
-# nothing (DECODER_QUEUE_DELAY_US): both flavours batch in flight, a request joins the running batch at the
-# next step (CPU: inflight.py; GPU: the tensorrtllm backend's executor).
-QUEUE_DELAY_US = {"cpu": 20_000, "gpu": 1_000}
+# The models before and after the decoder (encoder, adapter, detokenizer) batch what arrives together. GPU: a
+# short wait gathers concurrent requests into one TensorRT run. CPU: none, as batching buys nothing there (the
+# encoder runs each clip on its own, encoding.py; the adapter and detokenizer take milliseconds), and a 20-ms
+# wait before each model cost 15% of served RTFx (benchmarks/README.md). The decoders wait for nothing
+# (DECODER_QUEUE_DELAY_US): both flavours batch in flight, a request joins the running batch at the next step
+# (CPU: inflight.py; GPU: the tensorrtllm backend's executor).
+QUEUE_DELAY_US = {"cpu": 0, "gpu": 1_000}
 DECODER_QUEUE_DELAY_US = 0
 CPU_MAX_BATCH = 32
 # ONNX Runtime intra-op threads of the CPU encoder and decoders (0: its default, one per physical core); the two

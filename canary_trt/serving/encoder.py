@@ -1,9 +1,9 @@
 """`encoder` (CPU flavour): WAV + WAV_LENS -> audio embeddings, encoder.onnx in ONNX Runtime.
 
-Every clip the dynamic batcher hands over at once runs as one zero-padded batch. Each request is
-validated on its own first (audio_check's rules: a bad one is answered with its error and leaves the
-batch); a failure of the ONNX Runtime run itself is answered as an error to every request in that run. The models read only
-tensors from requests: no request input is ever used as a path.
+The dynamic batcher hands over several requests at once; each clip then runs on its own (encoding.encode
+says why). Each request is validated on its own first (audio_check's rules: a bad one is answered with its
+error and leaves the batch); a failure of an ONNX Runtime run is answered as an error to every request of
+that execute. The models read only tensors from requests: no request input is ever used as a path.
 """
 
 from __future__ import annotations
