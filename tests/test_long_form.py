@@ -170,16 +170,14 @@ def test_each_segment_is_canary_qwens_answer_on_its_slice(answer, client, record
     assert out["TRANSCRIPT"][0] == b" ".join(t for t in out["SEGMENT_TEXT"] if t)
 
 
-def test_chunks_reached_canary_qwen_together(answer):
-    """Sent concurrently, the chunks met in the dynamic batches of every step behind the ensemble."""
+def test_each_chunk_is_one_canary_qwen_request(answer):
+    """Every chunk went once through each step behind the ensemble. (Whether they met in one batch no longer
+    shows in execution counts: the CPU models wait for no batch and the decoder batches in flight.)"""
     out, delta = answer
     chunks = len(out["SEGMENT_START_MS"])
     assert delta[LONG]["inference_count"] == 1 and delta[ENSEMBLE]["inference_count"] == chunks
-    print({model: (delta[model]["inference_count"], delta[model]["execution_count"]) for model in ("encoder", "decoder")})
     for model in ("encoder", "decoder"):
         assert delta[model]["inference_count"] == chunks, model
-    # the chunks are sent as the VAD decides them; decoding, much slower than the VAD, always finds several
-    assert delta["decoder"]["execution_count"] < chunks, delta["decoder"]
 
 
 def test_up_to_40_seconds_goes_whole(client, recording, budgets):
