@@ -153,18 +153,17 @@ class DecodeBatch:
         keys = [key for key in requests if key not in done]
         if not keys:
             return {}, done
-        prefilled = [self._prefill(requests[key]) for key in keys]  # (logits [1, V], cache, prompt length)
+        prefilled = [self._prefill(requests[key]) for key in keys]  # (logits [1, V], cache, mask [1, length])
         # Every row left-padded to the widest, the running ones included: one exact copy of the whole cache
         # (none when one request starts an empty batch).
-        width = max([self.mask.shape[1]] + [length for _, _, length in prefilled])
-        parts = [(self.cache, self.mask)] if self.keys else []
-        parts += [(cache, np.ones((1, length), np.int64)) for _, cache, length in prefilled]
+        width = max([self.mask.shape[1]] + [mask.shape[1] for _, _, mask in prefilled])
+        parts = ([(self.cache, self.mask)] if self.keys else []) + [(cache, mask) for _, cache, mask in prefilled]
         wrap = self.decoder._wrap
         self.cache = parts[0][0] if len(parts) == 1 else [
             wrap(np.concatenate([_left_pad(c[layer].numpy(), width - m.shape[1]) for c, m in parts]))
             for layer in range(len(prefilled[0][1]))]  # fmt: skip
         self.mask = np.concatenate([_left_pad(m, width - m.shape[1]) for _, m in parts])
-        self.positions = np.concatenate([self.positions, [[length - 1] for _, _, length in prefilled]]).astype(np.int64)
+        self.positions = np.concatenate([self.positions, [[mask.shape[1] - 1] for _, _, mask in prefilled]])
         self.requests.update({key: requests[key] for key in keys})
         self.results.update({key: [] for key in keys})
         self.keys = self.keys + keys
@@ -173,14 +172,13 @@ class DecodeBatch:
         new, ended = self._emit(logits, first_row=len(self.keys) - len(keys))
         return new, {**done, **ended}
 
-    def _prefill(self, request: Request) -> tuple[np.ndarray, list, int]:
+    def _prefill(self, request: Request) -> tuple[np.ndarray, list, np.ndarray]:
         d = self.decoder
         embeds = d.embed(request)[None]
-        length = embeds.shape[1]
-        mask = np.ones((1, length), np.int64)
+        mask = np.ones(embeds.shape[:2], np.int64)
         empty = d._wrap(np.zeros((1, d.kv_heads, 0, d.head_dim), np.float32))
-        logits, cache = d._run(embeds, mask, np.arange(length, dtype=np.int64)[None], [empty] * (2 * d.num_layers))
-        return logits.copy(), cache, length
+        logits, cache = d._run(embeds, mask, mask.cumsum(axis=1) - 1, [empty] * (2 * d.num_layers))
+        return logits.copy(), cache, mask
 
     def step(self) -> tuple[dict, dict]:
         """Feed every row's last token: one new token per row."""
